@@ -1,0 +1,97 @@
+"""The one interface between the core and a way of running tasks.
+
+The core (`Pool`, streams, windows) never touches a thread, a process or a cluster.  It
+puts *tasks* into a backend and receives *outcomes* through each task's *owner*:
+
+    core --submit(task)--> backend queue --> worker runs fn(*args, **kwargs)
+    worker --owner.put(outcome)--> owner (a stream's result queue, or a Future)
+
+Contract every backend keeps (the core relies on it to never wait unboundedly):
+
+* Every task accepted by `submit` ends in exactly one of: `owner.begin(key)` returns
+  False (the owner gave up on it; nothing else happens), `owner.put(outcome)`, or
+  `owner.drop(key)` (discarded by ``shutdown(cancel=True)``).
+* `begin` and `put` are called from the thread that ran the task; `put` may be called
+  from any thread and must not block.
+* A task's exception never kills a worker; it becomes a failed outcome.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from .._exceptions import BrokenPool
+    from .._worker import Worker
+
+__all__ = ["Backend", "Outcome", "Owner", "Task"]
+
+
+# What a worker reports for one task: (key, ok, value, worker).  `value` is the result,
+# or the exception when not ok; `worker` is None when no worker ran it.  A plain tuple,
+# since one is built per item on the hot path.
+Outcome = tuple[Any, bool, Any, "Worker | None"]
+
+
+class Owner(Protocol):
+    """Who receives a task's outcome (a stream, or a future)."""
+
+    def begin(self, key: Any) -> bool:
+        """Return False to skip the task (cancelled); called just before it runs."""
+
+    def put(self, outcome: Outcome) -> None:
+        """Receive the outcome of a task that ran (or failed to)."""
+
+    def drop(self, key: Any) -> None:
+        """Learn that a queued task was discarded by ``shutdown(cancel=True)``."""
+
+
+# (key, fn, args, kwargs or None, owner): a plain tuple, since it is built per item.
+Task = tuple[Any, "Callable[..., Any]", tuple[Any, ...], "dict[str, Any] | None", Owner]
+
+
+class Backend(ABC):
+    """A set of workers that run tasks; one instance per `Pool`.
+
+    Args:
+        workers: One `Worker` (index, device) per worker to start.
+        setup: Run once in each worker before its first task; its return value becomes
+            ``worker.state``.  If it raises, the backend becomes broken.
+        name: A label for threads, processes and log lines.
+    """
+
+    name: str
+
+    @abstractmethod
+    def __init__(
+        self,
+        workers: Sequence[Worker],
+        setup: Callable[[Worker], Any] | None,
+        *,
+        name: str,
+    ) -> None: ...
+
+    @abstractmethod
+    def submit(self, task: Task) -> None:
+        """Queue `task` for the next free worker; never blocks.
+
+        Raises:
+            RuntimeError: After `shutdown`.
+            BrokenPool: After a worker's setup failed.
+        """
+
+    @abstractmethod
+    def shutdown(self, *, wait: bool, cancel: bool) -> None:
+        """Stop accepting tasks and stop the workers once the queue is done.
+
+        With `cancel`, queued tasks are discarded (`owner.drop`) instead of run.  With
+        `wait`, return only when every worker has stopped.  Idempotent.
+        """
+
+    @property
+    @abstractmethod
+    def broken(self) -> BrokenPool | None:
+        """Why the backend cannot run tasks, or None while it can."""

@@ -1,0 +1,419 @@
+"""`Pool`: the public executor, driving a backend through the core.
+
+The pool validates input, builds tasks and hands them to its backend; ordering, the
+window and the error policy live in `_stream` and `_window`.  Futures (`submit`, `map`)
+are owned by `_FutureOwner`, streams (`imap`, `imap_batches`) by `StreamOwner`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import weakref
+from concurrent.futures import Executor, Future
+from itertools import islice
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
+
+from ._backends import get_backend
+from ._devices import parse_devices
+from ._exceptions import add_task_note
+from ._stream import run_stream
+from ._worker import Worker, current_worker
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator, Sequence
+    from types import TracebackType
+
+    from typing import ParamSpec, Self
+
+    from ._backends._base import Backend, Outcome
+
+    P = ParamSpec("P")
+
+__all__ = ["Pool"]
+
+T = TypeVar("T")
+A = TypeVar("A")
+
+_ON_ERROR = ("raise", "return")
+_ANNOTATED = -1  # a future key's position meaning "the task notes its own errors"
+
+
+def _default_workers() -> int:
+    return min(32, (os.cpu_count() or 1) + 4)
+
+
+def _check_int(name: str, value: object, minimum: int, meaning: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= {minimum} ({meaning}), got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum} ({meaning}), got {value}")
+    return value
+
+
+def _check_callable(name: str, fn: object) -> None:
+    if not callable(fn):
+        raise TypeError(f"{name} must be callable, got {fn!r} ({type(fn).__name__})")
+
+
+class _FutureOwner:
+    """Owner of tasks whose key is ``(future, input position or None)``; stateless."""
+
+    __slots__ = ()
+
+    def begin(self, key: tuple[Future[Any], int | None]) -> bool:
+        return key[0].set_running_or_notify_cancel()
+
+    def put(self, outcome: Outcome) -> None:
+        (future, position), ok, value, worker = outcome
+        if ok:
+            future.set_result(value)
+        else:
+            if position != _ANNOTATED:
+                add_task_note(value, position, worker)
+            future.set_exception(value)
+
+    def drop(self, key: tuple[Future[Any], int | None]) -> None:
+        future = key[0]
+        if future.cancel():
+            future.set_running_or_notify_cancel()  # wakes wait()/as_completed() waiters
+
+
+_FUTURES = _FutureOwner()
+
+
+def _run_chunk(fn: Callable[..., T], start: int, chunk: list[tuple[Any, ...]]) -> list[T]:
+    """Run `fn` over one chunk of `map`; an error is noted with its exact position."""
+    results = []
+    for offset, args in enumerate(chunk):
+        try:
+            results.append(fn(*args))
+        except BaseException as exc:
+            add_task_note(exc, start + offset, current_worker())
+            raise
+    return results
+
+
+class Pool(Executor):
+    """A pool of workers that runs tasks in order, in a bounded window, never silently stuck.
+
+    Args:
+        workers: How many workers to start.  Default: one per entry of `devices`, or
+            ``min(32, cpu_count + 4)`` threads.
+        devices: Pin one worker to each entry (``["cuda:0", "cuda:1"]``); an entry may
+            repeat to put several workers on one device.  Tasks and `setup` see it as
+            ``current_worker().device``.
+        setup: Called once in each worker, before its first task, as ``setup(worker)``;
+            what it returns is ``worker.state`` (a model replica, a connection).  If it
+            raises, the pool is broken: everything queued and submitted after fails
+            with `BrokenPool`, whose cause is the setup's exception.
+        backend: ``"threads"`` (the default).
+        progress: Show a tqdm progress bar over each `imap` and `imap_batches`.
+        name: A label for the pool's threads (``steadypool-<name>-w<index>``).
+
+    Raises:
+        TypeError, ValueError: Bad arguments, before any worker starts.
+
+    **Shutdown:** `shutdown`, or leaving a ``with`` block, stops the workers once what is
+    queued has run; leaving the block by KeyboardInterrupt or SystemExit cancels what is
+    queued and does not wait for running tasks.  A pool that is garbage collected, or
+    still open at interpreter exit, is shut down without waiting.
+    """
+
+    def __init__(
+        self,
+        workers: int | None = None,
+        *,
+        devices: Sequence[str] | None = None,
+        setup: Callable[[Worker], Any] | None = None,
+        backend: str = "threads",
+        progress: bool = False,
+        name: str | None = None,
+    ) -> None:
+        backend_class = get_backend(backend)
+        parsed: tuple[str | None, ...]
+        if devices is not None:
+            parsed = parse_devices(devices)
+            if workers is not None and workers != len(parsed):
+                raise ValueError(
+                    f"workers={workers} does not match the {len(parsed)} devices given; "
+                    "with devices= one worker is started per entry, so leave workers out "
+                    "or repeat a device to put more workers on it"
+                )
+        else:
+            count = _default_workers() if workers is None else workers
+            count = _check_int("workers", count, 1, "how many workers to start")
+            parsed = (None,) * count
+        if setup is not None:
+            _check_callable("setup", setup)
+        self._progress = bool(progress)
+        self._workers = tuple(Worker(i, device) for i, device in enumerate(parsed))
+        self._backend: Backend = backend_class(self._workers, setup, name=name or "")
+        self._finalizer = weakref.finalize(self, self._backend.shutdown, wait=False, cancel=False)
+
+    @property
+    def workers(self) -> int:
+        """How many workers the pool runs."""
+        return len(self._workers)
+
+    @property
+    def devices(self) -> tuple[str | None, ...]:
+        """The device of each worker, by index (None for workers without a device)."""
+        return tuple(w.device for w in self._workers)
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        """Schedule ``fn(*args, **kwargs)`` and return a `concurrent.futures.Future`.
+
+        Raises:
+            TypeError: `fn` is not callable.
+            RuntimeError: The pool has been shut down.
+            BrokenPool: A worker's setup failed.
+
+        **Errors:** the future's exception is the task's own, with a note naming the
+        worker.
+        """
+        _check_callable("fn", fn)
+        return self._submit_at(None, fn, args, kwargs or None)
+
+    def _submit_at(
+        self,
+        position: int | None,
+        fn: Callable[..., T],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any] | None = None,
+    ) -> Future[T]:
+        future: Future[T] = Future()
+        self._backend.submit(((future, position), fn, args, kwargs, _FUTURES))
+        return future
+
+    def map(
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+    ) -> Iterator[T]:
+        """Return an iterator of ``fn(*args)`` over zipped `iterables`, in order.
+
+        The `concurrent.futures.Executor.map` contract: the inputs are read and every
+        task is submitted at once; results come in input order; a task's exception is
+        raised when its result is reached (with a note naming its input position and
+        worker).  With `chunksize` > 1, tasks go to workers in chunks of that many items,
+        which makes tiny tasks much cheaper.  Closing the iterator early cancels the
+        tasks not yet started.  For a lazy, bounded window use `imap`.
+
+        Raises:
+            TypeError, ValueError: `fn` is not callable, `chunksize` < 1.
+            TimeoutError: From `__next__`, when the next result is not ready within
+                `timeout` seconds of the call to `map`.
+        """
+        _check_callable("fn", fn)
+        _check_int("chunksize", chunksize, 1, "items per task sent to a worker")
+        end = None if timeout is None else timeout + time.monotonic()
+        argtuples = zip(*iterables, strict=False)
+        if chunksize == 1:
+            futures = [self._submit_at(pos, fn, args) for pos, args in enumerate(argtuples)]
+            return _map_results(futures, end, chunked=False)
+        chunks: list[Future[Any]] = []
+        start = 0
+        while chunk := list(islice(argtuples, chunksize)):
+            chunks.append(self._submit_at(_ANNOTATED, _run_chunk, (fn, start, chunk)))
+            start += len(chunk)
+        return _map_results(chunks, end, chunked=True)
+
+    @overload
+    def imap(
+        self,
+        fn: Callable[[A], T],
+        iterable: Iterable[A],
+        *,
+        window: int | None = ...,
+        ordered: bool = ...,
+        on_error: Literal["raise"] = ...,
+    ) -> Iterator[T]: ...
+
+    @overload
+    def imap(
+        self,
+        fn: Callable[[A], T],
+        iterable: Iterable[A],
+        *,
+        window: int | None = ...,
+        ordered: bool = ...,
+        on_error: Literal["return"],
+    ) -> Iterator[T | BaseException]: ...
+
+    def imap(
+        self,
+        fn: Callable[[A], T],
+        iterable: Iterable[A],
+        *,
+        window: int | None = None,
+        ordered: bool = True,
+        on_error: Literal["raise", "return"] = "raise",
+    ) -> Iterator[T] | Iterator[T | BaseException]:
+        """Stream ``fn(item)`` over `iterable` lazily, keeping at most `window` in flight.
+
+        Args:
+            fn: Called with one item per task.
+            iterable: Read lazily, never more than `window` items ahead of the consumer,
+                so a generator of any length runs in constant memory.
+            window: Most items read and not yet yielded, running or finished and
+                waiting for their turn.  Default: 2 x workers.
+            ordered: Yield in input order (default), or in the order tasks finish.
+            on_error: ``"raise"``: a task's exception is raised here (same type, with a
+                note naming its input position and worker) and everything queued behind
+                it is cancelled.  ``"return"``: the exception object is yielded in
+                place of the result and the stream goes on.
+
+        Returns:
+            An iterator of results.  Nothing runs until it is first advanced.
+
+        Raises:
+            TypeError, ValueError: Bad arguments, at the call, before any work starts.
+            RuntimeError: The pool has been shut down.
+            BrokenPool: A worker's setup failed (whatever `on_error` says).
+
+        **Abandoning:** ``break``, ``close()`` or garbage collection of the iterator
+        cancels every queued task; tasks already running finish and are discarded.
+        """
+        return self._stream(fn, iterable, window, ordered, on_error, 1, batched=False)
+
+    @overload
+    def imap_batches(
+        self,
+        fn: Callable[[A], T],
+        iterable: Iterable[A],
+        batch_size: int,
+        *,
+        prefetch: int = ...,
+        on_error: Literal["raise"] = ...,
+    ) -> Iterator[list[T]]: ...
+
+    @overload
+    def imap_batches(
+        self,
+        fn: Callable[[A], T],
+        iterable: Iterable[A],
+        batch_size: int,
+        *,
+        prefetch: int = ...,
+        on_error: Literal["return"],
+    ) -> Iterator[list[T | BaseException]]: ...
+
+    def imap_batches(
+        self,
+        fn: Callable[[A], T],
+        iterable: Iterable[A],
+        batch_size: int,
+        *,
+        prefetch: int = 1,
+        on_error: Literal["raise", "return"] = "raise",
+    ) -> Iterator[list[T]] | Iterator[list[T | BaseException]]:
+        """Stream ``fn(item)`` over `iterable`, yielding lists of `batch_size` results.
+
+        Keeps ``(prefetch + 1) * batch_size`` items in flight while the consumer works
+        on a batch, as the seed's ``BatchThreader`` does; the last batch may be shorter.
+        Otherwise as `imap` (ordered, lazy, same `on_error` and abandoning rules).
+
+        Raises:
+            TypeError, ValueError: `batch_size` < 1, `prefetch` < 0, or as `imap`.
+        """
+        _check_int("batch_size", batch_size, 1, "results per yielded list")
+        _check_int("prefetch", prefetch, 0, "batches kept in flight beyond the current one")
+        window = (prefetch + 1) * batch_size
+        return self._stream(fn, iterable, window, True, on_error, batch_size, batched=True)
+
+    def _stream(
+        self,
+        fn: Callable[[A], T],
+        iterable: Iterable[A],
+        window: int | None,
+        ordered: bool,
+        on_error: str,
+        batch_size: int,
+        *,
+        batched: bool,
+    ) -> Iterator[Any]:
+        _check_callable("fn", fn)
+        capacity = 2 * self.workers if window is None else window
+        _check_int("window", capacity, 1, "items in flight or buffered at once")
+        if on_error not in _ON_ERROR:
+            raise ValueError(f"on_error must be 'raise' or 'return', got {on_error!r}")
+        source = iter(iterable)  # TypeError now, not at the first next()
+        if self._finalizer.alive is False:
+            raise RuntimeError("cannot start an imap on a steadypool Pool after shutdown()")
+        if self._backend.broken is not None:
+            raise self._backend.broken
+        bar = None
+        if self._progress:
+            from tqdm.auto import tqdm
+
+            total = len(iterable) if hasattr(iterable, "__len__") else None
+            bar = tqdm(total=total, unit="item", desc="steadypool", dynamic_ncols=True)
+        return run_stream(
+            self._backend.submit,
+            fn,
+            source,
+            capacity=capacity,
+            ordered=bool(ordered),
+            on_error=on_error,
+            batch_size=batch_size,
+            batched=batched,
+            progress=bar,
+            keepalive=self,
+        )
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop the pool: no new tasks; workers stop once the queue is done.
+
+        Args:
+            wait: Return only when every worker has stopped (running tasks finish).
+            cancel_futures: Cancel queued tasks instead of running them; a stream
+                waiting on one raises `concurrent.futures.CancelledError`.
+
+        **Idempotent;** safe to call from a task (it then does not wait for its own
+        worker).
+        """
+        self._finalizer.detach()
+        self._backend.shutdown(wait=wait, cancel=cancel_futures)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None and not issubclass(exc_type, Exception):
+            # Ctrl-C or exit: do not wait on running tasks, and run nothing more.
+            self.shutdown(wait=False, cancel_futures=True)
+        else:
+            self.shutdown(wait=True)
+
+    def __repr__(self) -> str:
+        state = "open" if self._finalizer.alive else "shut down"
+        return f"<steadypool.Pool workers={self.workers} {state}>"
+
+
+def _map_results(futures: list[Future[Any]], end: float | None, *, chunked: bool) -> Iterator[Any]:
+    """Yield `map` results in order; cancel what is left when closed or failed."""
+    futures.reverse()  # pop() from the end is O(1) and drops each reference when done
+    try:
+        while futures:
+            future = futures[-1]
+            remaining = None if end is None else end - time.monotonic()
+            # Wake-up path: the task's outcome, a drop on shutdown(cancel), or the timeout.
+            result = future.result(remaining)
+            futures.pop()
+            if chunked:
+                yield from result
+            else:
+                yield result
+            del future, result
+    finally:
+        for future in futures:
+            future.cancel()
+

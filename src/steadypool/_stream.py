@@ -1,0 +1,125 @@
+"""Streams: `imap` and `imap_batches` over a backend, in a bounded window.
+
+Data flow of one stream::
+
+    input --(read only while the window has room)--> backend.submit(task)
+    worker --owner.put(outcome)--> _results (SimpleQueue, one per stream)
+    consumer --get--> Window (reorder buffer) --> yield in input order
+
+Who owns what: the consumer's thread (whoever iterates the generator) is the only one
+that reads the input, touches the `Window` or reads `_results`.  Workers only put onto
+`_results` and read `StreamOwner.cancelled`, which only the consumer sets (once, when
+the stream ends for any reason: exhausted, error, break, close() or garbage collection).
+A worker that reads it as set skips the task, so abandoning a stream cancels what is
+queued and nothing else needs to be told.
+
+What wakes the consumer: the outcome of each task it submitted.  By the backend
+contract every submitted task ends in an outcome or a drop (which `StreamOwner.drop`
+turns into an outcome), unless it is skipped, which happens only after `cancelled` is
+set, when nobody waits any more.  So the consumer's wait always ends.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import CancelledError
+from queue import SimpleQueue
+from typing import TYPE_CHECKING, Any
+
+from ._exceptions import BrokenPool, add_task_note
+from ._window import Window
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    from ._backends._base import Outcome, Task
+
+__all__ = ["StreamOwner", "run_stream"]
+
+
+class StreamOwner:
+    """The owner of every task of one stream (see the module docstring)."""
+
+    __slots__ = ("cancelled", "put", "results")
+
+    def __init__(self) -> None:
+        self.cancelled = False
+        self.results: SimpleQueue[Outcome] = SimpleQueue()
+        self.put = self.results.put
+
+    def begin(self, key: Any) -> bool:
+        return not self.cancelled
+
+    def drop(self, key: Any) -> None:
+        error = CancelledError(
+            f"steadypool: the pool was shut down with cancel_futures=True while input "
+            f"position {key} of this stream was still queued"
+        )
+        self.put((key, False, error, None))
+
+
+def run_stream(
+    submit: Callable[[Task], None],
+    fn: Callable[[Any], Any],
+    source: Iterator[Any],
+    *,
+    capacity: int,
+    ordered: bool,
+    on_error: str,
+    batch_size: int,
+    batched: bool,
+    progress: Any = None,
+    keepalive: object = None,
+) -> Iterator[Any]:
+    """Run `fn` over `source`, yielding results (or lists of `batch_size` of them).
+
+    `capacity` (>= `batch_size`) bounds the items read and not yet handed out; a batch
+    counts until it is yielded, and the window is refilled before each yield, so the
+    workers stay busy while the consumer works.  `progress` is a tqdm-like bar or None.
+    `keepalive` is held for the stream's life (the Pool, so it is not collected and
+    shut down under a running stream).
+    """
+    owner = StreamOwner()
+    get = owner.results.get
+    window: Window[Outcome] = Window(capacity, ordered=ordered)
+    exhausted = False
+    raise_errors = on_error == "raise"
+
+    def refill() -> None:
+        nonlocal exhausted
+        while not exhausted and window.has_room():
+            try:
+                item = next(source)
+            except StopIteration:
+                exhausted = True
+                return
+            submit((window.take_key(), fn, (item,), None, owner))
+
+    try:
+        refill()
+        while window.unpopped:
+            out: list[Any] = []
+            while len(out) < batch_size and window.unpopped:
+                outcome = window.pop()
+                while outcome is None:
+                    # Wake-up path: every submitted task's outcome (see module docstring).
+                    arrived = get()
+                    window.add(arrived[0], arrived)
+                    outcome = window.pop()
+                key, ok, value, worker = outcome
+                if not ok:
+                    if worker is None or isinstance(value, BrokenPool):
+                        raise value  # the pool, not the task, failed: never a result
+                    add_task_note(value, key, worker)
+                    if raise_errors:
+                        raise value
+                out.append(value)
+            window.hand_out()
+            refill()
+            if progress is not None:
+                progress.update(len(out))
+            yield out if batched else out[0]
+    finally:
+        owner.cancelled = True
+        if progress is not None:
+            progress.close()
+        del keepalive
