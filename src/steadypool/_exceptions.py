@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ._worker import Worker
 
-__all__ = ["BrokenPool", "add_task_note"]
+__all__ = ["BrokenPool", "PoolClosed", "add_task_note"]
 
 
 class BrokenPool(BrokenExecutor):
@@ -33,6 +33,14 @@ class BrokenPool(BrokenExecutor):
 
     def __reduce__(self) -> tuple[type[BrokenPool], tuple[str], dict[str, object]]:
         return (type(self), (str(self),), {"worker": self.worker})
+
+
+class PoolClosed(RuntimeError):
+    """Internal: a task was submitted to a pool after its shutdown.
+
+    Users see it as a `RuntimeError` (the `concurrent.futures` convention); a stream
+    catches it to deliver what is already in flight before raising it.
+    """
 
 
 def add_task_note(exc: BaseException, position: int | None, worker: Worker | None) -> None:

@@ -36,7 +36,6 @@ T = TypeVar("T")
 A = TypeVar("A")
 
 _ON_ERROR = ("raise", "return")
-_ANNOTATED = -1  # a future key's position meaning "the task notes its own errors"
 
 
 def _default_workers() -> int:
@@ -69,8 +68,7 @@ class _FutureOwner:
         if ok:
             future.set_result(value)
         else:
-            if position != _ANNOTATED:
-                add_task_note(value, position, worker)
+            add_task_note(value, position, worker)
             future.set_exception(value)
 
     def drop(self, key: tuple[Future[Any], int | None]) -> None:
@@ -82,16 +80,22 @@ class _FutureOwner:
 _FUTURES = _FutureOwner()
 
 
-def _run_chunk(fn: Callable[..., T], start: int, chunk: list[tuple[Any, ...]]) -> list[T]:
-    """Run `fn` over one chunk of `map`; an error is noted with its exact position."""
+def _run_chunk(
+    fn: Callable[..., T], start: int, chunk: list[tuple[Any, ...]]
+) -> tuple[list[T], BaseException | None]:
+    """Run `fn` over one chunk of `map`, up to its first error.
+
+    Returns the results before the error and the error (noted with its exact input
+    position), so that `map` yields those results before raising: nothing is lost.
+    """
     results = []
     for offset, args in enumerate(chunk):
         try:
             results.append(fn(*args))
         except BaseException as exc:
             add_task_note(exc, start + offset, current_worker())
-            raise
-    return results
+            return results, exc
+    return results, None
 
 
 class Pool(Executor):
@@ -217,7 +221,7 @@ class Pool(Executor):
         chunks: list[Future[Any]] = []
         start = 0
         while chunk := list(islice(argtuples, chunksize)):
-            chunks.append(self._submit_at(_ANNOTATED, _run_chunk, (fn, start, chunk)))
+            chunks.append(self._submit_at(None, _run_chunk, (fn, start, chunk)))
             start += len(chunk)
         return _map_results(chunks, end, chunked=True)
 
@@ -409,7 +413,10 @@ def _map_results(futures: list[Future[Any]], end: float | None, *, chunked: bool
             result = future.result(remaining)
             futures.pop()
             if chunked:
-                yield from result
+                results, error = result
+                yield from results
+                if error is not None:
+                    raise error
             else:
                 yield result
             del future, result

@@ -25,7 +25,7 @@ from concurrent.futures import CancelledError
 from queue import SimpleQueue
 from typing import TYPE_CHECKING, Any
 
-from ._exceptions import BrokenPool, add_task_note
+from ._exceptions import BrokenPool, PoolClosed, add_task_note
 from ._window import Window
 
 if TYPE_CHECKING:
@@ -82,17 +82,25 @@ def run_stream(
     get = owner.results.get
     window: Window[Outcome] = Window(capacity, ordered=ordered)
     exhausted = False
+    closed: PoolClosed | None = None  # the pool was shut down under this stream
     raise_errors = on_error == "raise"
 
     def refill() -> None:
-        nonlocal exhausted
+        nonlocal exhausted, closed
         while not exhausted and window.has_room():
             try:
                 item = next(source)
             except StopIteration:
                 exhausted = True
                 return
-            submit((window.take_key(), fn, (item,), None, owner))
+            try:
+                submit((window.read, fn, (item,), None, owner))
+            except PoolClosed as exc:
+                # Deliver what is in flight (or its CancelledError) first, then say why
+                # the stream stopped short.
+                exhausted, closed = True, exc
+                return
+            window.take_key()
 
     try:
         refill()
@@ -118,6 +126,8 @@ def run_stream(
             if progress is not None:
                 progress.update(len(out))
             yield out if batched else out[0]
+        if closed is not None:
+            raise closed
     finally:
         owner.cancelled = True
         if progress is not None:

@@ -79,7 +79,7 @@ class Backend(ABC):
         """Queue `task` for the next free worker; never blocks.
 
         Raises:
-            RuntimeError: After `shutdown`.
+            PoolClosed: After `shutdown` (a RuntimeError).
             BrokenPool: After a worker's setup failed.
         """
 

@@ -31,7 +31,7 @@ import threading
 from queue import Empty, SimpleQueue
 from typing import TYPE_CHECKING, Any
 
-from .._exceptions import BrokenPool
+from .._exceptions import BrokenPool, PoolClosed
 from .._worker import Worker, bind, describe
 from ._base import Backend
 
@@ -81,7 +81,7 @@ class ThreadBackend(Backend):
     def submit(self, task: Task) -> None:
         with self._lock:
             if self._closed:
-                raise RuntimeError("cannot submit to a steadypool Pool after shutdown()")
+                raise PoolClosed("cannot submit to a steadypool Pool after shutdown()")
             if self._broken is not None:
                 raise self._broken
             self._tasks.put(task)

@@ -1,0 +1,39 @@
+"""Shared fixtures: the backend parameter and the leak check run after every test."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+BACKENDS = ["threads"]
+LEAK_GRACE = 5.0  # seconds a pool thread may take to exit after the test ends
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Each behaviour test runs once per backend."""
+    name: str = request.param
+    return name
+
+
+def _pool_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("steadypool-")]
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_workers() -> Iterator[None]:
+    """Fail any test that leaves a pool thread alive (after a short grace to exit)."""
+    before = set(_pool_threads())
+    yield
+    deadline = time.monotonic() + LEAK_GRACE
+    leaked = [t for t in _pool_threads() if t not in before]
+    for thread in leaked:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    alive = [t.name for t in leaked if t.is_alive()]
+    assert not alive, f"pool threads left running after the test: {alive}"

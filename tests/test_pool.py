@@ -1,0 +1,432 @@
+"""Behaviour of `Pool` on every backend: results, order, window, errors, cancel, shutdown."""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+from concurrent.futures import CancelledError, Future, wait
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+import steadypool as sp
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+WAIT = 10.0  # seconds any single wait inside a test may take before it fails
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def fail_on(bad: int) -> Any:
+    def task(x: int) -> int:
+        if x == bad:
+            raise ValueError(f"bad item {x}")
+        return x
+
+    return task
+
+
+class Counting:
+    """An input generator that records how far it has been read."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.read = 0
+
+    def __iter__(self) -> Iterator[int]:
+        for i in range(self.n):
+            self.read += 1
+            yield i
+
+
+# --- submit and map ---------------------------------------------------------------------
+
+
+def test_submit_returns_a_future_with_the_result(backend: str) -> None:
+    """submit() gives a concurrent.futures.Future carrying fn(*args, **kwargs)."""
+    with sp.Pool(2, backend=backend) as pool:
+        future = pool.submit(divmod, 17, 5)
+        keyed = pool.submit(int, "ff", base=16)
+        assert isinstance(future, Future)
+        assert future.result(WAIT) == (3, 2)
+        assert keyed.result(WAIT) == 255
+
+
+def test_submit_exception_keeps_type_and_names_the_worker(backend: str) -> None:
+    """A task's exception is the same object type, with a note naming its worker."""
+    with sp.Pool(1, backend=backend) as pool:
+        future = pool.submit(fail_on(3), 3)
+        with pytest.raises(ValueError, match="bad item 3") as info:
+            future.result(WAIT)
+    assert any("on worker 0" in note for note in info.value.__notes__)
+
+
+def test_map_matches_builtin_map_over_several_iterables(backend: str) -> None:
+    """map() zips its iterables and yields in input order, like Executor.map."""
+    with sp.Pool(3, backend=backend) as pool:
+        assert list(pool.map(pow, range(20), [2] * 25)) == [i**2 for i in range(20)]
+
+
+@pytest.mark.parametrize("chunksize", [1, 2, 7, 64])
+def test_map_chunksize_gives_the_same_results(backend: str, chunksize: int) -> None:
+    """Chunking changes how tasks are shipped, never which results come back."""
+    with sp.Pool(2, backend=backend) as pool:
+        assert list(pool.map(square, range(101), chunksize=chunksize)) == [
+            i * i for i in range(101)
+        ]
+
+
+@pytest.mark.parametrize("chunksize", [1, 4])
+def test_map_error_names_its_exact_input_position(backend: str, chunksize: int) -> None:
+    """The item's position is in the note, also when it ran inside a chunk."""
+    with sp.Pool(2, backend=backend) as pool:
+        results = pool.map(fail_on(13), range(30), chunksize=chunksize)
+        got = [next(results) for _ in range(13)]
+        with pytest.raises(ValueError, match="bad item 13") as info:
+            next(results)
+    assert got == list(range(13))
+    assert any("input position 13" in note for note in info.value.__notes__)
+
+
+def test_map_timeout_raises_timeout_error(backend: str) -> None:
+    """map(timeout=) raises TimeoutError when a result is not ready in time."""
+    release = threading.Event()
+    with sp.Pool(1, backend=backend) as pool:
+        results = pool.map(lambda _: release.wait(WAIT), range(3), timeout=0.05)
+        with pytest.raises(TimeoutError):
+            next(results)
+        release.set()
+
+
+def test_closing_map_cancels_tasks_not_started(backend: str) -> None:
+    """Closing the map iterator cancels what has not started, as Executor.map does."""
+    started: list[int] = []
+    gate = threading.Event()
+
+    def task(x: int) -> int:
+        started.append(x)
+        if x > 0:
+            gate.wait(WAIT)
+        return x
+
+    with sp.Pool(1, backend=backend) as pool:
+        results = pool.map(task, range(50))
+        assert next(results) == 0
+        results.close()
+        gate.set()
+    assert started == [0, 1]
+
+
+# --- imap: order, window, laziness ------------------------------------------------------
+
+
+def test_imap_yields_in_input_order_despite_uneven_durations(backend: str) -> None:
+    """Later items that finish first wait for their turn."""
+
+    def task(x: int) -> int:
+        time.sleep(0.002 * ((x * 7) % 5))
+        return x
+
+    with sp.Pool(4, backend=backend) as pool:
+        assert list(pool.imap(task, range(40))) == list(range(40))
+
+
+def test_imap_unordered_yields_every_result_once(backend: str) -> None:
+    """ordered=False gives the same multiset of results in completion order."""
+    with sp.Pool(3, backend=backend) as pool:
+        assert sorted(pool.imap(square, range(50), ordered=False)) == [i * i for i in range(50)]
+
+
+def test_imap_reads_nothing_before_it_is_advanced(backend: str) -> None:
+    """imap is lazy: the input is not touched until the first next()."""
+    source = Counting(100)
+    with sp.Pool(2, backend=backend) as pool:
+        results = pool.imap(square, source, window=5)
+        assert source.read == 0
+        assert next(results) == 0
+        assert source.read == 1 + 5  # the yielded item, and a full window behind it
+        results.close()
+
+
+def test_imap_keeps_the_window_full_while_the_consumer_works(backend: str) -> None:
+    """While the consumer holds an item, `window` more are read and in flight, no more."""
+    source = Counting(1000)
+    with sp.Pool(2, backend=backend) as pool:
+        results = pool.imap(square, source, window=7)
+        for expected in range(20):
+            assert next(results) == expected * expected
+            assert source.read == expected + 1 + 7
+        results.close()
+
+
+def test_imap_empty_input_yields_nothing(backend: str) -> None:
+    """An empty input ends the stream at once."""
+    with sp.Pool(2, backend=backend) as pool:
+        assert list(pool.imap(square, [])) == []
+        assert list(pool.imap_batches(square, [], 3)) == []
+
+
+def test_imap_batches_yields_lists_and_a_short_last_batch(backend: str) -> None:
+    """imap_batches groups results in order; the last batch holds the rest."""
+    with sp.Pool(3, backend=backend) as pool:
+        batches = list(pool.imap_batches(square, range(10), 4))
+    assert batches == [[0, 1, 4, 9], [16, 25, 36, 49], [64, 81]]
+
+
+def test_imap_batches_keeps_prefetch_plus_one_batches_in_flight(backend: str) -> None:
+    """Like the seed's class: (prefetch + 1) * batch_size items read while a batch is out."""
+    source = Counting(100)
+    with sp.Pool(2, backend=backend) as pool:
+        batches = pool.imap_batches(square, source, 4, prefetch=2)
+        assert next(batches) == [0, 1, 4, 9]
+        assert source.read == 4 + 3 * 4
+        batches.close()
+
+
+# --- errors -----------------------------------------------------------------------------
+
+
+def test_imap_error_raises_with_position_and_cancels_what_is_queued(backend: str) -> None:
+    """on_error='raise': the task's own exception, noted; queued items never run."""
+    ran: list[int] = []
+
+    def task(x: int) -> int:
+        ran.append(x)
+        if x == 5:
+            raise KeyError(x)
+        return x
+
+    with sp.Pool(2, backend=backend) as pool:
+        got: list[int] = []
+        with pytest.raises(KeyError) as info:
+            got.extend(pool.imap(task, range(1000), window=4))
+        assert got == [0, 1, 2, 3, 4]
+        assert max(ran) <= 5 + 4 + 1  # nothing far behind the failure was started
+        assert any("input position 5" in n and "worker" in n for n in info.value.__notes__)
+        # The pool stays usable after a task error.
+        assert list(pool.imap(square, range(5))) == [0, 1, 4, 9, 16]
+
+
+def test_imap_error_keeps_the_task_traceback(backend: str) -> None:
+    """The traceback still shows the line in the task that raised."""
+
+    def task(x: int) -> int:
+        raise RuntimeError("deep inside the task")
+
+    with sp.Pool(1, backend=backend) as pool, pytest.raises(RuntimeError) as info:
+        next(pool.imap(task, [1]))
+    assert any(entry.name == "task" for entry in info.traceback)
+
+
+def test_imap_on_error_return_yields_the_exception_and_goes_on(backend: str) -> None:
+    """on_error='return': the exception takes the result's place; the rest still comes."""
+    with sp.Pool(2, backend=backend) as pool:
+        out = list(pool.imap(fail_on(3), range(6), on_error="return"))
+    assert out[:3] == [0, 1, 2]
+    assert out[4:] == [4, 5]
+    assert isinstance(out[3], ValueError)
+    assert any("input position 3" in note for note in out[3].__notes__)
+
+
+def test_imap_batches_on_error_return_keeps_batch_shape(backend: str) -> None:
+    """A failed item stays in its batch slot as an exception object."""
+    with sp.Pool(2, backend=backend) as pool:
+        batches = list(pool.imap_batches(fail_on(2), range(5), 2, on_error="return"))
+    assert [len(b) for b in batches] == [2, 2, 1]
+    assert isinstance(batches[1][0], ValueError)
+    assert batches[1][1] == 3
+
+
+# --- abandoning, shutdown ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["break", "close", "garbage"])
+def test_abandoning_imap_cancels_queued_tasks(backend: str, how: str) -> None:
+    """break, close() or garbage collection: queued tasks are skipped, not run."""
+    ran: list[int] = []
+    gate = threading.Event()
+
+    def task(x: int) -> int:
+        gate.wait(WAIT)
+        ran.append(x)
+        return x
+
+    with sp.Pool(1, backend=backend) as pool:
+        results = pool.imap(task, range(10_000), window=20)
+        gate.set()
+        if how == "break":
+            for x in results:
+                if x == 3:
+                    break
+            del results
+        else:
+            assert next(results) == 0
+            if how == "close":
+                results.close()
+            else:
+                del results
+                gc.collect()
+    # Shutdown ran whatever was still queued: only what was running, nothing skipped.
+    assert len(ran) <= 4 + 20 + 1
+
+
+def test_shutdown_cancel_futures_wakes_a_waiting_stream(backend: str) -> None:
+    """A stream whose queued items are cancelled by shutdown raises CancelledError,
+    after delivering what was already running."""
+    gate = threading.Event()
+    pool = sp.Pool(1, backend=backend)
+    results = pool.imap(lambda x: x if x == 0 else gate.wait(WAIT) and x, range(10), window=5)
+    assert next(results) == 0  # now 1 runs (blocked on the gate) and 2..5 are queued
+    got: list[int] = []
+    errors: list[BaseException] = []
+
+    def consume() -> None:
+        try:
+            got.extend(results)
+        except BaseException as exc:  # noqa: BLE001 - recorded for the assertion below
+            errors.append(exc)
+
+    consumer = threading.Thread(target=consume)
+    consumer.start()
+    pool.shutdown(wait=False, cancel_futures=True)
+    gate.set()
+    consumer.join(WAIT)
+    assert not consumer.is_alive()
+    assert got == [1]
+    assert len(errors) == 1
+    assert isinstance(errors[0], CancelledError)
+    pool.shutdown(wait=True)
+
+
+def test_stream_on_a_pool_shut_down_under_it_delivers_then_raises(backend: str) -> None:
+    """shutdown() without cancel: what is in flight still arrives, then RuntimeError."""
+    pool = sp.Pool(1, backend=backend)
+    results = pool.imap(square, range(100), window=3)
+    assert next(results) == 0
+    pool.shutdown(wait=True)
+    assert [next(results) for _ in range(3)] == [1, 4, 9]
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        next(results)
+
+
+def test_shutdown_cancel_futures_cancels_queued_futures(backend: str) -> None:
+    """Queued futures end cancelled, and wait() sees them done."""
+    gate, running = threading.Event(), threading.Event()
+    pool = sp.Pool(1, backend=backend)
+    first = pool.submit(lambda: running.set() or gate.wait(WAIT))
+    assert running.wait(WAIT)
+    queued = [pool.submit(square, i) for i in range(5)]
+    pool.shutdown(wait=False, cancel_futures=True)
+    gate.set()
+    assert first.result(WAIT) is True
+    done, not_done = wait(queued, timeout=WAIT)
+    assert not not_done
+    assert all(f.cancelled() for f in queued)
+    pool.shutdown()
+
+
+def test_shutdown_runs_what_is_queued_and_then_refuses_work(backend: str) -> None:
+    """shutdown(wait=True) finishes queued work; afterwards nothing can be submitted."""
+    pool = sp.Pool(2, backend=backend)
+    futures = [pool.submit(square, i) for i in range(100)]
+    pool.shutdown()
+    assert [f.result(0) for f in futures] == [i * i for i in range(100)]
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        pool.submit(square, 1)
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        pool.imap(square, [1])
+    pool.shutdown()  # idempotent
+
+
+def test_a_pool_never_shut_down_stops_when_collected(backend: str) -> None:
+    """A pool dropped without shutdown() does not leak its threads."""
+    pool = sp.Pool(3, backend=backend)
+    assert pool.submit(square, 3).result(WAIT) == 9
+    del pool
+    gc.collect()  # the leak check then waits for the threads to exit
+
+
+def test_stream_keeps_its_pool_alive(backend: str) -> None:
+    """Iterating Pool(...).imap(...) without keeping the pool still runs to the end."""
+    assert list(sp.Pool(2, backend=backend).imap(square, range(30))) == [
+        i * i for i in range(30)
+    ]
+    gc.collect()
+
+
+def test_shutdown_from_inside_a_task_does_not_deadlock(backend: str) -> None:
+    """A task may shut its own pool down; it does not wait for itself."""
+    pool = sp.Pool(1, backend=backend)
+    assert pool.submit(lambda: pool.shutdown(wait=True)).result(WAIT) is None
+    pool.shutdown()
+
+
+# --- workers, setup, devices ------------------------------------------------------------
+
+
+def test_setup_runs_once_per_worker_and_tasks_see_their_state(backend: str) -> None:
+    """setup(worker)'s return value is current_worker().state in that worker's tasks."""
+    calls: list[int] = []
+    lock = threading.Lock()
+
+    def setup(worker: sp.Worker) -> str:
+        with lock:
+            calls.append(worker.index)
+        assert sp.current_worker().index == worker.index
+        return f"replica-{worker.index}"
+
+    def task(_: int) -> tuple[int, str]:
+        worker = sp.current_worker()
+        return worker.index, worker.state
+
+    with sp.Pool(3, setup=setup, backend=backend) as pool:
+        seen = set(pool.imap(task, range(60)))
+    assert sorted(calls) == [0, 1, 2]
+    assert all(state == f"replica-{index}" for index, state in seen)
+
+
+def test_devices_give_one_worker_per_entry(backend: str) -> None:
+    """devices= pins worker i to devices[i]; repeats put several workers on one device."""
+    with sp.Pool(devices=["cpu", "cpu:0", "CUDA"], backend=backend, setup=lambda w: 0) as pool:
+        assert pool.workers == 3
+        assert pool.devices == ("cpu", "cpu:0", "cuda:0")
+        seen = set(pool.map(lambda _: sp.current_worker().device, range(30)))
+    assert seen <= {"cpu", "cpu:0", "cuda:0"}
+
+
+def test_current_worker_outside_a_task_says_so() -> None:
+    """Outside a task there is no current worker, and the message says where to call it."""
+    with pytest.raises(RuntimeError, match="outside a steadypool task"):
+        sp.current_worker()
+
+
+def test_failing_setup_breaks_the_pool_with_the_cause(backend: str) -> None:
+    """A setup error surfaces as BrokenPool (its cause the setup's error), never a hang."""
+
+    def setup(worker: sp.Worker) -> None:
+        raise OSError(f"no such device for worker {worker.index}")
+
+    with sp.Pool(2, setup=setup, backend=backend) as pool:
+        with pytest.raises(sp.BrokenPool, match="setup") as info:
+            list(pool.imap(square, range(10), on_error="return"))
+        assert isinstance(info.value.__cause__, OSError)
+        with pytest.raises(sp.BrokenPool):
+            pool.submit(square, 1).result(WAIT)
+
+
+# --- progress ---------------------------------------------------------------------------
+
+
+def test_progress_bar_counts_items_with_total(
+    backend: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """progress=True draws a tqdm bar over imap with the input's length as total."""
+    with sp.Pool(2, backend=backend, progress=True) as pool:
+        assert len(list(pool.imap_batches(square, list(range(12)), 5))) == 3
+    err = capsys.readouterr().err
+    assert "12/12" in err

@@ -1,0 +1,50 @@
+"""The pure window: reorder buffer and bound, for any arrival order."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from steadypool._window import Window
+
+
+@given(
+    capacity=st.integers(1, 12),
+    total=st.integers(0, 60),
+    ordered=st.booleans(),
+    data=st.data(),
+)
+def test_window_hands_out_every_item_once_in_order_within_capacity(
+    capacity: int, total: int, ordered: bool, data: st.DataObject
+) -> None:
+    """Whatever order results arrive in, all come out once, in order if asked, and the
+    window never holds more than `capacity` items read and not handed out."""
+    window: Window[tuple[int]] = Window(capacity, ordered=ordered)
+    pending: list[int] = []  # submitted, not yet finished
+    out: list[int] = []
+    read = 0
+    while len(out) < total:
+        while read < total and window.has_room():
+            pending.append(window.take_key())
+            read += 1
+        assert window.read - window.handed <= capacity
+        assert window.held <= capacity
+        result = window.pop()
+        if result is None:
+            assert pending, "nothing pending, yet nothing ready: the window stalled"
+            finished = pending.pop(data.draw(st.integers(0, len(pending) - 1)))
+            window.add(finished, (finished,))
+            continue
+        out.append(result[0])
+        window.hand_out()
+    assert sorted(out) == list(range(total))
+    if ordered:
+        assert out == list(range(total))
+    assert window.unpopped == 0
+
+
+def test_window_rejects_zero_capacity() -> None:
+    """A window that could hold nothing would never make progress."""
+    with pytest.raises(ValueError, match="capacity must be >= 1"):
+        Window(0)
