@@ -288,7 +288,7 @@ def test_shutdown_cancel_futures_wakes_a_waiting_stream(backend: str) -> None:
     def consume() -> None:
         try:
             got.extend(results)
-        except BaseException as exc:  # noqa: BLE001 - recorded for the assertion below
+        except BaseException as exc:
             errors.append(exc)
 
     consumer = threading.Thread(target=consume)
@@ -318,13 +318,18 @@ def test_shutdown_cancel_futures_cancels_queued_futures(backend: str) -> None:
     """Queued futures end cancelled, and wait() sees them done."""
     gate, running = threading.Event(), threading.Event()
     pool = sp.Pool(1, backend=backend)
-    first = pool.submit(lambda: running.set() or gate.wait(WAIT))
+
+    def first_task() -> bool:
+        running.set()
+        return gate.wait(WAIT)
+
+    first = pool.submit(first_task)
     assert running.wait(WAIT)
     queued = [pool.submit(square, i) for i in range(5)]
     pool.shutdown(wait=False, cancel_futures=True)
     gate.set()
     assert first.result(WAIT) is True
-    done, not_done = wait(queued, timeout=WAIT)
+    _done, not_done = wait(queued, timeout=WAIT)
     assert not not_done
     assert all(f.cancelled() for f in queued)
     pool.shutdown()
@@ -353,9 +358,7 @@ def test_a_pool_never_shut_down_stops_when_collected(backend: str) -> None:
 
 def test_stream_keeps_its_pool_alive(backend: str) -> None:
     """Iterating Pool(...).imap(...) without keeping the pool still runs to the end."""
-    assert list(sp.Pool(2, backend=backend).imap(square, range(30))) == [
-        i * i for i in range(30)
-    ]
+    assert list(sp.Pool(2, backend=backend).imap(square, range(30))) == [i * i for i in range(30)]
     gc.collect()
 
 

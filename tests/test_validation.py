@@ -62,7 +62,7 @@ def test_calls_reject_bad_arguments_before_any_work(
         ran.append(x)
         return x
 
-    with sp.Pool(2, backend=backend, setup=lambda w: spy) as pool:
-        with pytest.raises(error, match=match):
-            call(pool)
+    pool = sp.Pool(2, backend=backend, setup=lambda w: spy)
+    with pool, pytest.raises(error, match=match):
+        call(pool)
     assert ran == []

@@ -1,7 +1,5 @@
 """steadypool: ordered, batched, parallel work that never hangs silently."""
 
-from __future__ import annotations
-
 from ._exceptions import BrokenPool as BrokenPool
 from ._pool import Pool as Pool
 from ._worker import Worker as Worker

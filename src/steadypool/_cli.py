@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 
-def _demo_task(seed: int) -> tuple[int, int, float]:
+def _demo_task(seed: int) -> tuple[int, int, int]:
     """One demo item: denoise a synthetic 256x256 'image' with FFTs (numpy frees the GIL)."""
     rng = np.random.default_rng(seed)
     image = rng.standard_normal((256, 256))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 import weakref
+from collections.abc import Sized
 from concurrent.futures import Executor, Future
 from itertools import islice
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
@@ -21,9 +22,8 @@ from ._stream import run_stream
 from ._worker import Worker, current_worker
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator, Sequence
+    from collections.abc import Callable, Generator, Iterable, Sequence
     from types import TracebackType
-
     from typing import ParamSpec, Self
 
     from ._backends._base import Backend, Outcome
@@ -196,7 +196,7 @@ class Pool(Executor):
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int = 1,
-    ) -> Iterator[T]:
+    ) -> Generator[T, None, None]:
         """Return an iterator of ``fn(*args)`` over zipped `iterables`, in order.
 
         The `concurrent.futures.Executor.map` contract: the inputs are read and every
@@ -234,7 +234,7 @@ class Pool(Executor):
         window: int | None = ...,
         ordered: bool = ...,
         on_error: Literal["raise"] = ...,
-    ) -> Iterator[T]: ...
+    ) -> Generator[T, None, None]: ...
 
     @overload
     def imap(
@@ -245,7 +245,7 @@ class Pool(Executor):
         window: int | None = ...,
         ordered: bool = ...,
         on_error: Literal["return"],
-    ) -> Iterator[T | BaseException]: ...
+    ) -> Generator[T | BaseException, None, None]: ...
 
     def imap(
         self,
@@ -255,7 +255,7 @@ class Pool(Executor):
         window: int | None = None,
         ordered: bool = True,
         on_error: Literal["raise", "return"] = "raise",
-    ) -> Iterator[T] | Iterator[T | BaseException]:
+    ) -> Generator[T, None, None] | Generator[T | BaseException, None, None]:
         """Stream ``fn(item)`` over `iterable` lazily, keeping at most `window` in flight.
 
         Args:
@@ -292,7 +292,7 @@ class Pool(Executor):
         *,
         prefetch: int = ...,
         on_error: Literal["raise"] = ...,
-    ) -> Iterator[list[T]]: ...
+    ) -> Generator[list[T], None, None]: ...
 
     @overload
     def imap_batches(
@@ -303,7 +303,7 @@ class Pool(Executor):
         *,
         prefetch: int = ...,
         on_error: Literal["return"],
-    ) -> Iterator[list[T | BaseException]]: ...
+    ) -> Generator[list[T | BaseException], None, None]: ...
 
     def imap_batches(
         self,
@@ -313,7 +313,7 @@ class Pool(Executor):
         *,
         prefetch: int = 1,
         on_error: Literal["raise", "return"] = "raise",
-    ) -> Iterator[list[T]] | Iterator[list[T | BaseException]]:
+    ) -> Generator[list[T], None, None] | Generator[list[T | BaseException], None, None]:
         """Stream ``fn(item)`` over `iterable`, yielding lists of `batch_size` results.
 
         Keeps ``(prefetch + 1) * batch_size`` items in flight while the consumer works
@@ -338,7 +338,7 @@ class Pool(Executor):
         batch_size: int,
         *,
         batched: bool,
-    ) -> Iterator[Any]:
+    ) -> Generator[Any, None, None]:
         _check_callable("fn", fn)
         capacity = 2 * self.workers if window is None else window
         _check_int("window", capacity, 1, "items in flight or buffered at once")
@@ -353,7 +353,7 @@ class Pool(Executor):
         if self._progress:
             from tqdm.auto import tqdm
 
-            total = len(iterable) if hasattr(iterable, "__len__") else None
+            total = len(iterable) if isinstance(iterable, Sized) else None
             bar = tqdm(total=total, unit="item", desc="steadypool", dynamic_ncols=True)
         return run_stream(
             self._backend.submit,
@@ -402,7 +402,9 @@ class Pool(Executor):
         return f"<steadypool.Pool workers={self.workers} {state}>"
 
 
-def _map_results(futures: list[Future[Any]], end: float | None, *, chunked: bool) -> Iterator[Any]:
+def _map_results(
+    futures: list[Future[Any]], end: float | None, *, chunked: bool
+) -> Generator[Any, None, None]:
     """Yield `map` results in order; cancel what is left when closed or failed."""
     futures.reverse()  # pop() from the end is O(1) and drops each reference when done
     try:
@@ -423,4 +425,3 @@ def _map_results(futures: list[Future[Any]], end: float | None, *, chunked: bool
     finally:
         for future in futures:
             future.cancel()
-

@@ -29,7 +29,7 @@ from ._exceptions import BrokenPool, PoolClosed, add_task_note
 from ._window import Window
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Generator, Iterator
 
     from ._backends._base import Outcome, Task
 
@@ -69,7 +69,7 @@ def run_stream(
     batched: bool,
     progress: Any = None,
     keepalive: object = None,
-) -> Iterator[Any]:
+) -> Generator[Any, None, None]:
     """Run `fn` over `source`, yielding results (or lists of `batch_size` of them).
 
     `capacity` (>= `batch_size`) bounds the items read and not yet handed out; a batch
