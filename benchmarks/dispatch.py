@@ -8,8 +8,9 @@ run, never figures from another machine.
 
 Workloads (2 workers unless --workers):
   noop    20,000 tasks returning their input: pure dispatch cost
-  sleep   tasks sleeping 2 ms (GIL released): efficiency vs the ideal
-  matmul  256x256 float64 matmul, BLAS threads = 1: efficiency vs serial
+  sleep   tasks sleeping 2 ms (GIL released)
+  matmul  256x256 float64 matmul, BLAS threads = 1
+          (efficiency = speed-up over a serial loop / workers; 100% is ideal)
   seed    the seed's usage pattern: a new BatchThreader per image, 8 variants,
           batch_size=12, prefetch_size=0, processes=8; the seed's own class (loaded from
           ../shared/seed/ at run time, skipped if absent) against
@@ -25,6 +26,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = "1"  # before numpy loads: one BLAS thread per task
 
 import argparse
+import contextlib
 import json
 import platform
 import re
@@ -158,17 +160,18 @@ def best_of(
 
 
 def bench_workload(
-    name: str, fn: Callable[[Any], Any], n: int, workers: int, repeat: int, ideal: float | None
+    name: str, fn: Callable[[Any], Any], n: int, workers: int, repeat: int, *, serial: bool
 ) -> list[dict[str, Any]]:
+    """Time every runner on `fn` over `n` items; with `serial`, efficiency is the speed-up
+    over a plain loop in this process divided by `workers` (100% = ideal speed-up)."""
     items = list(range(n))
-    expected = [fn(x) for x in items] if name != "sleep" else items
-    serial = None
-    if name == "matmul":
+    expected = [fn(x) for x in items]
+    ideal = None
+    if serial:
         start = time.perf_counter()
         for x in items:
             fn(x)
-        serial = time.perf_counter() - start
-        ideal = serial / workers
+        ideal = (time.perf_counter() - start) / workers
     rows = []
     for label, runner in RUNNERS.items():
         seconds = best_of(repeat, runner, fn, items, workers, expected)
@@ -210,6 +213,23 @@ def _variant(i: int, img: int) -> int:
     return i * 31 + img
 
 
+@contextlib.contextmanager
+def count_thread_starts() -> Iterator[list[int]]:
+    """Count threading.Thread.start calls inside the block (in starts[0])."""
+    starts = [0]
+    original = threading.Thread.start
+
+    def counting_start(self: threading.Thread) -> None:
+        starts[0] += 1
+        original(self)
+
+    threading.Thread.start = counting_start  # type: ignore[method-assign]
+    try:
+        yield starts
+    finally:
+        threading.Thread.start = original  # type: ignore[method-assign]
+
+
 def seed_pattern(images: int, repeat: int) -> list[dict[str, Any]]:
     def per_image_threader(cls: Any) -> Callable[[], int]:
         def run() -> int:
@@ -244,13 +264,15 @@ def seed_pattern(images: int, repeat: int) -> list[dict[str, Any]]:
     rows = []
     for label, run in candidates.items():
         best = float("inf")
-        growth = 0
+        growth = started = 0
         for _ in range(repeat):
             before = threading.active_count()
-            start = time.perf_counter()
-            run()
-            best = min(best, time.perf_counter() - start)
+            with count_thread_starts() as starts:
+                start = time.perf_counter()
+                run()
+                best = min(best, time.perf_counter() - start)
             growth = max(growth, threading.active_count() - before)
+            started = max(started, starts[0])
             shutdown_shared_pools()
         rows.append(
             {
@@ -260,6 +282,7 @@ def seed_pattern(images: int, repeat: int) -> list[dict[str, Any]]:
                 "seconds": best,
                 "us_per_image": best / images * 1e6,
                 "thread_growth": growth,
+                "threads_started": started,
             }
         )
     ref = rows[0]["seconds"]
@@ -319,11 +342,14 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         group = [r for r in rows if r["workload"] == workload]
         print(f"\n== {workload} ({group[0]['items']:,} items) ==")
         if workload == "seed":
-            print(f"{'runner':<50} {'us/image':>9} {'x row 1':>8} {'threads+':>8}")
+            print(
+                f"{'runner':<50} {'us/image':>9} {'x row 1':>8} {'threads started':>15}"
+                f" {'left alive':>10}"
+            )
             for r in group:
                 print(
                     f"{r['runner']:<50} {r['us_per_image']:>9.1f} {r['x_first_row']:>8.2f}"
-                    f" {r['thread_growth']:>8}"
+                    f" {r['threads_started']:>15} {r['thread_growth']:>10}"
                 )
         elif workload == "memory":
             print(f"{'runner':<50} {'peak RSS growth MB':>18} {'seconds':>8}")
@@ -359,14 +385,11 @@ def main() -> None:
     only = set(args.only or ["noop", "sleep", "matmul", "seed", "memory"])
     rows: list[dict[str, Any]] = []
     if "noop" in only:
-        rows += bench_workload("noop", noop, 20_000 // scale, args.workers, repeat, None)
+        rows += bench_workload("noop", noop, 20_000 // scale, args.workers, repeat, serial=False)
     if "sleep" in only:
-        n = 500 // scale
-        rows += bench_workload(
-            "sleep", sleep_2ms, n, args.workers, repeat, n * 0.002 / args.workers
-        )
+        rows += bench_workload("sleep", sleep_2ms, 500 // scale, args.workers, repeat, serial=True)
     if "matmul" in only:
-        rows += bench_workload("matmul", matmul, 400 // scale, args.workers, repeat, None)
+        rows += bench_workload("matmul", matmul, 400 // scale, args.workers, repeat, serial=True)
     if "seed" in only:
         rows += seed_pattern(2000 // scale, repeat)
     if "memory" in only:

@@ -71,8 +71,14 @@ class ThreadBackend(Backend):
             )
             for worker in workers
         ]
-        for thread in self._threads:
-            thread.start()
+        try:
+            for thread in self._threads:
+                thread.start()
+        except BaseException:
+            # Out of threads (or interrupted) part-way: stop those already running.
+            self._threads = [t for t in self._threads if t.ident is not None]
+            self.shutdown(wait=True, cancel=True)
+            raise
 
     @property
     def broken(self) -> BrokenPool | None:
