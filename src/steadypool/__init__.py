@@ -1,7 +1,13 @@
 """steadypool: ordered, batched, parallel work that never hangs silently."""
 
 from ._exceptions import BrokenPool as BrokenPool
+from ._exceptions import StallError as StallError
+from ._exceptions import TaskTimeout as TaskTimeout
 from ._pool import Pool as Pool
+from ._stats import PoolStats as PoolStats
+from ._stats import WorkerStats as WorkerStats
+from ._watchdog import BusyWorker as BusyWorker
+from ._watchdog import StallReport as StallReport
 from ._worker import Worker as Worker
 from ._worker import current_worker as current_worker
 
@@ -9,7 +15,13 @@ __version__ = "0.1.0"
 
 __all__ = (
     "BrokenPool",
+    "BusyWorker",
     "Pool",
+    "PoolStats",
+    "StallError",
+    "StallReport",
+    "TaskTimeout",
     "Worker",
+    "WorkerStats",
     "current_worker",
 )

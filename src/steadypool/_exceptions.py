@@ -11,9 +11,67 @@ from concurrent.futures import BrokenExecutor
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from ._watchdog import StallReport
     from ._worker import Worker
 
-__all__ = ["BrokenPool", "PoolClosed", "add_task_note"]
+__all__ = ["BrokenPool", "PoolClosed", "StallError", "TaskTimeout", "add_task_note"]
+
+
+class TaskTimeout(TimeoutError):
+    """One item ran longer than the pool's ``task_timeout``.
+
+    Raised by the watchdog for that item only, measured from the moment a worker
+    started it; `on_error` handles it like any task error (``"return"`` yields it).
+    Unlike `StallError`, which says the whole pool stopped making progress, this is
+    about one item, and the pool goes on: on threads the stuck thread is abandoned
+    (a thread cannot be killed) and a fresh worker takes its place.
+
+    Attributes:
+        timeout: The ``task_timeout`` that was exceeded, in seconds.
+        worker: The worker that was running the item.
+        stack: The item's Python stack when it timed out ("" if unknown).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        timeout: float = 0.0,
+        worker: Worker | None = None,
+        stack: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.timeout = timeout
+        self.worker = worker
+        self.stack = stack
+
+    def __reduce__(self) -> tuple[type[TaskTimeout], tuple[str], dict[str, object]]:
+        state: dict[str, object] = {
+            "timeout": self.timeout,
+            "worker": self.worker,
+            "stack": self.stack,
+        }
+        return (type(self), (str(self),), state)
+
+
+class StallError(RuntimeError):
+    """The pool made no progress for ``stall_timeout`` seconds (``on_stall="raise"``).
+
+    Raised in the consumer (from `imap`, `imap_batches`, `map` or a future) when the
+    watchdog sees that no item finished for ``stall_timeout`` seconds while items were
+    in flight.  Unlike `TaskTimeout` (one item too slow, handled by `on_error`), it
+    always raises: the policy asked for it.  `report` says where the work is stuck.
+
+    Attributes:
+        report: The `StallReport`: each busy worker, its item, for how long, its stack.
+    """
+
+    def __init__(self, message: str, *, report: StallReport | None = None) -> None:
+        super().__init__(message)
+        self.report = report
+
+    def __reduce__(self) -> tuple[type[StallError], tuple[str], dict[str, object]]:
+        return (type(self), (str(self),), {"report": self.report})
 
 
 class BrokenPool(BrokenExecutor):

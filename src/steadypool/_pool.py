@@ -12,13 +12,16 @@ import time
 import weakref
 from collections.abc import Sized
 from concurrent.futures import Executor, Future
+from functools import partial
 from itertools import islice
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from ._backends import get_backend
 from ._devices import parse_devices
 from ._exceptions import add_task_note
+from ._stats import PoolStats
 from ._stream import run_stream
+from ._watchdog import Monitor, StallReport, Watchdog
 from ._worker import Worker, current_worker
 
 if TYPE_CHECKING:
@@ -36,6 +39,7 @@ T = TypeVar("T")
 A = TypeVar("A")
 
 _ON_ERROR = ("raise", "return")
+_ON_STALL = ("report", "raise", "restart")
 
 
 def _default_workers() -> int:
@@ -53,6 +57,23 @@ def _check_int(name: str, value: object, minimum: int, meaning: str) -> int:
 def _check_callable(name: str, fn: object) -> None:
     if not callable(fn):
         raise TypeError(f"{name} must be callable, got {fn!r} ({type(fn).__name__})")
+
+
+def _check_seconds(name: str, value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of seconds > 0 or None, got {value!r}")
+    if not value > 0:
+        raise ValueError(f"{name} must be a number of seconds > 0 or None, got {value!r}")
+    return float(value)
+
+
+def _show_stall(bars: weakref.WeakSet[Any], report: StallReport | None) -> None:
+    """Show a stall on every open progress bar of the pool (None: the stall is over)."""
+    text = "" if report is None else f"STALLED {report.since_progress:.0f}s"
+    for bar in list(bars):
+        bar.set_postfix_str(text)
 
 
 class _FutureOwner:
@@ -75,6 +96,9 @@ class _FutureOwner:
         future = key[0]
         if future.cancel():
             future.set_running_or_notify_cancel()  # wakes wait()/as_completed() waiters
+
+    def position(self, key: tuple[Future[Any], int | None]) -> int | None:
+        return key[1]
 
 
 _FUTURES = _FutureOwner()
@@ -112,7 +136,24 @@ class Pool(Executor):
             raises, the pool is broken: everything queued and submitted after fails
             with `BrokenPool`, whose cause is the setup's exception.
         backend: ``"threads"`` (the default).
-        progress: Show a tqdm progress bar over each `imap` and `imap_batches`.
+        task_timeout: Seconds an item may run, counted from when a worker starts it;
+            past it the item fails with `TaskTimeout` (handled by `on_error` like any
+            task error) and its worker is replaced.  On threads the stuck thread is
+            abandoned (it cannot be killed) and a fresh one, running `setup` again,
+            takes its place.  None: no limit.
+        stall_timeout: Seconds without any item finishing, while items run, that make
+            a stall; the watchdog then builds a `StallReport` (each busy worker, its
+            item, for how long, its Python stack) and does what `on_stall` says.
+            None: no stall detection.
+        on_stall: ``"report"`` (default): log the report at WARNING on the
+            ``steadypool`` logger and keep waiting, repeating after 2x, 4x, ...
+            ``stall_timeout``.  ``"raise"``: the consumer gets `StallError` carrying the
+            report (the stuck workers are replaced, as for a timeout).  ``"restart"``:
+            on backends that can kill workers, kill and replace the stuck ones; on
+            threads it acts as ``"raise"`` and says why.  A callable: called with the
+            report once per stall.
+        progress: Show a tqdm progress bar over each `imap` and `imap_batches`; it
+            shows ``STALLED <s>`` while the pool is stalled.
         name: A label for the pool's threads (``steadypool-<name>-w<index>``).
 
     Raises:
@@ -131,10 +172,20 @@ class Pool(Executor):
         devices: Sequence[str] | None = None,
         setup: Callable[[Worker], Any] | None = None,
         backend: str = "threads",
+        task_timeout: float | None = None,
+        stall_timeout: float | None = None,
+        on_stall: str | Callable[[StallReport], Any] = "report",
         progress: bool = False,
         name: str | None = None,
     ) -> None:
         backend_class = get_backend(backend)
+        task_timeout = _check_seconds("task_timeout", task_timeout)
+        stall_timeout = _check_seconds("stall_timeout", stall_timeout)
+        if not callable(on_stall) and on_stall not in _ON_STALL:
+            raise ValueError(
+                f"on_stall must be 'report', 'raise', 'restart' or a callable(report), "
+                f"got {on_stall!r}"
+            )
         parsed: tuple[str | None, ...]
         if devices is not None:
             parsed = parse_devices(devices)
@@ -153,7 +204,21 @@ class Pool(Executor):
         self._progress = bool(progress)
         self._workers = tuple(Worker(i, device) for i, device in enumerate(parsed))
         self._backend: Backend = backend_class(self._workers, setup, name=name or "")
-        self._finalizer = weakref.finalize(self, self._backend.shutdown, wait=False, cancel=False)
+        self._bars: weakref.WeakSet[Any] = weakref.WeakSet()  # open progress bars
+        self._monitor: Monitor | None = None
+        self._watchdog = Watchdog(task_timeout, stall_timeout)
+        if task_timeout is not None or stall_timeout is not None:
+            self._monitor = Monitor(
+                self._backend,
+                self._watchdog,
+                on_stall,
+                name=self._backend.name,
+                clock=time.monotonic,
+                on_report=partial(_show_stall, self._bars),
+            )
+        self._finalizer = weakref.finalize(
+            self, _close, self._backend, self._monitor, wait=False, cancel=False
+        )
 
     @property
     def workers(self) -> int:
@@ -164,6 +229,22 @@ class Pool(Executor):
     def devices(self) -> tuple[str | None, ...]:
         """The device of each worker, by index (None for workers without a device)."""
         return tuple(w.device for w in self._workers)
+
+    def stats(self) -> PoolStats:
+        """Return a snapshot of the pool's work so far (cheap; safe from any thread)."""
+        workers, abandoned, replaced = self._backend.worker_stats()
+        done, queued = self._backend.counts()
+        return PoolStats(
+            done=done,
+            failed=sum(w.failed for w in workers),
+            in_flight=len(self._backend.busy()),
+            queued=queued,
+            timed_out=0 if self._monitor is None else self._monitor.timed_out,
+            stalls=self._watchdog.stalls,
+            replaced=replaced,
+            abandoned_running=abandoned,
+            workers=workers,
+        )
 
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         """Schedule ``fn(*args, **kwargs)`` and return a `concurrent.futures.Future`.
@@ -187,7 +268,7 @@ class Pool(Executor):
         kwargs: dict[str, Any] | None = None,
     ) -> Future[T]:
         future: Future[T] = Future()
-        self._backend.submit(((future, position), fn, args, kwargs, _FUTURES))
+        self._backend.submit(((future, position), fn, args, kwargs, _FUTURES, time.monotonic()))
         return future
 
     def map(
@@ -355,6 +436,7 @@ class Pool(Executor):
 
             total = len(iterable) if isinstance(iterable, Sized) else None
             bar = tqdm(total=total, unit="item", desc="steadypool", dynamic_ncols=True)
+            self._bars.add(bar)
         return run_stream(
             self._backend.submit,
             fn,
@@ -380,7 +462,7 @@ class Pool(Executor):
         worker).
         """
         self._finalizer.detach()
-        self._backend.shutdown(wait=wait, cancel=cancel_futures)
+        _close(self._backend, self._monitor, wait=wait, cancel=cancel_futures)
 
     def __enter__(self) -> Self:
         return self
@@ -400,6 +482,15 @@ class Pool(Executor):
     def __repr__(self) -> str:
         state = "open" if self._finalizer.alive else "shut down"
         return f"<steadypool.Pool workers={self.workers} {state}>"
+
+
+def _close(backend: Backend, monitor: Monitor | None, *, wait: bool, cancel: bool) -> None:
+    """Shut the backend down, then its monitor (which keeps timing items out meanwhile)."""
+    try:
+        backend.shutdown(wait=wait, cancel=cancel)
+    finally:
+        if monitor is not None:
+            monitor.stop(wait=wait)
 
 
 def _map_results(

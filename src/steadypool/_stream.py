@@ -21,11 +21,12 @@ set, when nobody waits any more.  So the consumer's wait always ends.
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import CancelledError
 from queue import SimpleQueue
 from typing import TYPE_CHECKING, Any
 
-from ._exceptions import BrokenPool, PoolClosed, add_task_note
+from ._exceptions import BrokenPool, PoolClosed, StallError, add_task_note
 from ._window import Window
 
 if TYPE_CHECKING:
@@ -56,6 +57,13 @@ class StreamOwner:
         )
         self.put((key, False, error, None))
 
+    def position(self, key: Any) -> int | None:
+        return int(key)
+
+
+# Failures of the pool rather than of a task: raised whatever on_error says.
+_FATAL = (BrokenPool, StallError)
+
 
 def run_stream(
     submit: Callable[[Task], None],
@@ -84,6 +92,7 @@ def run_stream(
     exhausted = False
     closed: PoolClosed | None = None  # the pool was shut down under this stream
     raise_errors = on_error == "raise"
+    clock = time.monotonic
 
     def refill() -> None:
         nonlocal exhausted, closed
@@ -94,7 +103,7 @@ def run_stream(
                 exhausted = True
                 return
             try:
-                submit((window.read, fn, (item,), None, owner))
+                submit((window.read, fn, (item,), None, owner, clock()))
             except PoolClosed as exc:
                 # Deliver what is in flight (or its CancelledError) first, then say why
                 # the stream stopped short.
@@ -115,7 +124,7 @@ def run_stream(
                     outcome = window.pop()
                 key, ok, value, worker = outcome
                 if not ok:
-                    if worker is None or isinstance(value, BrokenPool):
+                    if worker is None or isinstance(value, _FATAL):
                         raise value  # the pool, not the task, failed: never a result
                     add_task_note(value, key, worker)
                     if raise_errors:

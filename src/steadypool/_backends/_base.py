@@ -14,20 +14,24 @@ Contract every backend keeps (the core relies on it to never wait unboundedly):
 * `begin` and `put` are called from the thread that ran the task; `put` may be called
   from any thread and must not block.
 * A task's exception never kills a worker; it becomes a failed outcome.
+* `fail(busy, error)` claims a running task for the watchdog: from then on the task's
+  own outcome is discarded, the owner gets `error` instead (exactly one outcome), and
+  the worker is replaced (abandoned, or killed where the backend can).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from .._exceptions import BrokenPool
+    from .._stats import WorkerStats
     from .._worker import Worker
 
-__all__ = ["Backend", "Outcome", "Owner", "Task"]
+__all__ = ["Backend", "Busy", "Outcome", "Owner", "Task"]
 
 
 # What a worker reports for one task: (key, ok, value, worker).  `value` is the result,
@@ -48,9 +52,29 @@ class Owner(Protocol):
     def drop(self, key: Any) -> None:
         """Learn that a queued task was discarded by ``shutdown(cancel=True)``."""
 
+    def position(self, key: Any) -> int | None:
+        """The input position a key stands for (for reports), if any."""
 
-# (key, fn, args, kwargs or None, owner): a plain tuple, since it is built per item.
-Task = tuple[Any, "Callable[..., Any]", tuple[Any, ...], "dict[str, Any] | None", Owner]
+
+# (key, fn, args, kwargs or None, owner, queued_at): a plain tuple, built per item;
+# queued_at is time.monotonic() at submit.
+Task = tuple[Any, "Callable[..., Any]", tuple[Any, ...], "dict[str, Any] | None", Owner, float]
+
+
+class Busy(NamedTuple):
+    """A snapshot of one running task, for the watchdog."""
+
+    token: int  # identifies this run of the task for `Backend.fail`
+    worker: Worker
+    key: Any
+    owner: Owner
+    started: float  # time.monotonic() when the worker started it
+    where: str  # the thread or process running it
+    handle: Any  # backend-private
+
+    @property
+    def position(self) -> int | None:
+        return self.owner.position(self.key)
 
 
 class Backend(ABC):
@@ -64,6 +88,9 @@ class Backend(ABC):
     """
 
     name: str
+    can_kill: ClassVar[bool]  # whether a stuck worker can be killed (else abandoned)
+    replacing: ClassVar[str]  # says, in messages, what happens to a failed worker
+    last_done: float  # time.monotonic() when any task last finished (0.0: never)
 
     @abstractmethod
     def __init__(
@@ -95,3 +122,26 @@ class Backend(ABC):
     @abstractmethod
     def broken(self) -> BrokenPool | None:
         """Why the backend cannot run tasks, or None while it can."""
+
+    @abstractmethod
+    def busy(self) -> list[Busy]:
+        """Snapshot the running tasks (not those of abandoned workers)."""
+
+    @abstractmethod
+    def stack(self, busy: Busy) -> str:
+        """The current Python stack of a running task ("" if it has finished)."""
+
+    @abstractmethod
+    def fail(self, busy: Busy, error: BaseException) -> bool:
+        """Claim a running task: its owner gets `error`, its worker is replaced.
+
+        Returns False (and does nothing) if the task finished first.
+        """
+
+    @abstractmethod
+    def counts(self) -> tuple[int, int]:
+        """(items finished, items queued) right now."""
+
+    @abstractmethod
+    def worker_stats(self) -> tuple[tuple[WorkerStats, ...], int, int]:
+        """(per-worker stats, abandoned workers still running, workers replaced)."""

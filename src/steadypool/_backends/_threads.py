@@ -4,36 +4,48 @@ Data flow::
 
     submit() --put--> _tasks (one SimpleQueue per pool) --get--> worker threads
     worker thread --owner.put(outcome)--> the task's owner (stream queue or Future)
+    watchdog --busy()/stack()/fail()--> slots and claims (see below)
 
 Who owns what:
 
 * `_tasks` is written by `submit` (any thread) and by `shutdown` (stop sentinels), and
   read by the workers.  `_lock` guards `_closed` together with every put onto `_tasks`,
   so that no task is ever queued behind the stop sentinels: such a task would never
-  run, and its owner would wait for it forever.
-* `_broken` is written once, under `_lock`, by the first worker whose setup fails;
-  workers read it before each task (a stale read only lets one more task run).
+  run, and its owner would wait for it forever.  `_lock` also guards `_broken`,
+  `_live` and `_slots` (worker replacement).
+* Each `_Slot` is written only by its own thread, except `abandoned`, which `fail`
+  sets under `_lock`.  `current` is one tuple, so the watchdog reads it atomically.
+* `_claims` (token -> task) decides who delivers a running task's outcome.  The worker
+  inserts the token before running the task and pops it after; `fail` pops it to claim
+  the task for the watchdog.  `dict.pop` is atomic, so exactly one of them gets it:
+  the worker delivers the result, or the watchdog delivers its error, never both.  A
+  worker that finds its claim gone was abandoned: it exits without delivering, and a
+  replacement (started by `fail`) holds its index.
 
 What wakes whom: a worker blocks only in ``_tasks.get()``, and a task or a stop
-sentinel (None) wakes it; one sentinel is queued per worker.  ``shutdown(wait=True)``
-joins the threads, which exit after their sentinel.
+sentinel (None) wakes it; one sentinel is queued per live worker at shutdown (a
+replacement consumes the sentinel of the worker it replaces).  ``shutdown(wait=True)``
+joins the live threads (never abandoned ones, whose task may never return).
 
 Threads are daemons: a task stuck in CUDA, a lock or I/O must not keep the interpreter
-from exiting (the seed's program hung exactly there).  Pools are shut down when the
-`Pool` is garbage collected and at exit, so queued work is not silently dropped by a
-well-behaved program.
+from exiting (the seed's program hung exactly there).
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
+import sys
 import threading
+import time
+import traceback
 from queue import Empty, SimpleQueue
 from typing import TYPE_CHECKING, Any
 
 from .._exceptions import BrokenPool, PoolClosed
+from .._stats import WorkerStats
 from .._worker import Worker, bind, describe
-from ._base import Backend
+from ._base import Backend, Busy
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -42,12 +54,45 @@ if TYPE_CHECKING:
 
 __all__ = ["BACKEND", "ThreadBackend"]
 
+logger = logging.getLogger("steadypool")
+
 _JOIN_SLICE = 0.5  # seconds; joins wait in slices so that Ctrl-C is noticed between them
 _pool_ids = itertools.count()
 
 
+class _Slot:
+    """Bookkeeping of one worker thread (see the module docstring for who writes what)."""
+
+    __slots__ = (
+        "abandoned",
+        "busy",
+        "current",
+        "failed",
+        "items",
+        "thread",
+        "waited",
+        "worker",
+    )
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.thread: threading.Thread | None = None
+        self.current: tuple[Task, float] | None = None  # (task, started) while running
+        self.abandoned = False
+        self.items = 0
+        self.failed = 0
+        self.busy = 0.0
+        self.waited = 0.0
+
+
 class ThreadBackend(Backend):
     """Runs tasks on daemon threads of this process (the default backend)."""
+
+    can_kill = False
+    replacing = (
+        "its thread was abandoned (a running thread cannot be killed) and a fresh worker "
+        "took its place; use backend='processes' to kill stuck work instead"
+    )
 
     def __init__(
         self,
@@ -57,28 +102,38 @@ class ThreadBackend(Backend):
         name: str,
     ) -> None:
         self.name = name or f"pool{next(_pool_ids)}"
+        self.last_done = 0.0
         self._setup = setup
         self._tasks: SimpleQueue[Task | None] = SimpleQueue()
-        self._lock = threading.Lock()  # guards _closed, _broken and puts onto _tasks
+        self._claims: dict[int, Task] = {}
+        self._lock = threading.Lock()
         self._closed = False
         self._broken: BrokenPool | None = None
-        self._threads = [
-            threading.Thread(
-                target=self._run,
-                args=(worker,),
-                name=f"steadypool-{self.name}-w{worker.index}",
-                daemon=True,
-            )
-            for worker in workers
-        ]
+        self._slots: list[_Slot] = []  # every slot ever, for stats
+        self._live: dict[int, _Slot] = {}  # worker index -> the slot holding it now
         try:
-            for thread in self._threads:
-                thread.start()
+            with self._lock:
+                for worker in workers:
+                    self._start(worker)
         except BaseException:
             # Out of threads (or interrupted) part-way: stop those already running.
-            self._threads = [t for t in self._threads if t.ident is not None]
             self.shutdown(wait=True, cancel=True)
             raise
+
+    def _start(self, worker: Worker) -> None:
+        """Start a thread for `worker` (caller holds `_lock`)."""
+        slot = _Slot(worker)
+        earlier = sum(1 for s in self._slots if s.worker.index == worker.index)
+        suffix = f".{earlier}" if earlier else ""  # replacements: w1.1, w1.2, ...
+        slot.thread = threading.Thread(
+            target=self._run,
+            args=(slot,),
+            name=f"steadypool-{self.name}-w{worker.index}{suffix}",
+            daemon=True,
+        )
+        slot.thread.start()
+        self._slots.append(slot)
+        self._live[worker.index] = slot
 
     @property
     def broken(self) -> BrokenPool | None:
@@ -101,49 +156,67 @@ class ThreadBackend(Backend):
                 # drain takes sentinels too, so they are queued again (extras are harmless).
                 dropped = [task for task in _drain(self._tasks) if task is not None]
             if first or cancel:
-                for _ in self._threads:
+                for _ in self._live:
                     self._tasks.put(None)
         # Owners are told outside the lock: a Future's done-callbacks run user code.
-        for key, _fn, _args, _kwargs, owner in dropped:
-            owner.drop(key)
+        for task in dropped:
+            task[4].drop(task[0])
         if wait:
             me = threading.current_thread()
-            for thread in self._threads:
-                while thread is not me and thread.is_alive():
-                    thread.join(_JOIN_SLICE)
+            while True:
+                with self._lock:
+                    live = [s.thread for s in self._live.values() if s.thread is not None]
+                pending = [t for t in live if t is not me and t.is_alive()]
+                if not pending:
+                    break
+                pending[0].join(_JOIN_SLICE)
 
-    def _run(self, worker: Worker) -> None:
+    def _run(self, slot: _Slot) -> None:
         """Body of one worker thread: setup, then tasks until a stop sentinel."""
+        worker = slot.worker
         bind(worker)
         if self._setup is not None:
             try:
-                worker = worker.with_state(self._setup(worker))
+                worker = slot.worker = worker.with_state(self._setup(worker))
                 bind(worker)
             except BaseException as exc:  # any failure breaks the pool
                 self._break(worker, exc)
         get = self._tasks.get
+        claims = self._claims
+        clock = time.monotonic
         while True:
             # Wake-up path: a task, or the stop sentinel that shutdown() queues.
             task = get()
             if task is None:
                 break
-            key, fn, args, kwargs, owner = task
-            del task
+            key, fn, args, kwargs, owner, queued_at = task
             if not owner.begin(key):
                 continue
             if self._broken is not None:
                 owner.put((key, False, self._broken, worker))
                 continue
+            token = id(task)
+            claims[token] = task
+            started = clock()
+            slot.current = (task, started)
+            slot.waited += started - queued_at
             try:
                 result = fn(*args) if kwargs is None else fn(*args, **kwargs)
+                ok = True
             except BaseException as exc:  # reported to the owner, never lost
-                owner.put((key, False, exc, worker))
-                del exc
-            else:
-                owner.put((key, True, result, worker))
-                del result
+                result, ok = exc, False
+            finished = clock()
+            slot.current = None
+            slot.busy += finished - started
+            if claims.pop(token, None) is None:
+                break  # the watchdog claimed this task: abandoned, and replaced
+            self.last_done = finished
+            slot.items += 1
+            if not ok:
+                slot.failed += 1
+            owner.put((key, ok, result, worker))
             # Drop references while idle: a finished task's arguments must not live on.
-            del key, fn, args, kwargs, owner
+            del task, key, fn, args, kwargs, owner, result
         bind(None)
 
     def _break(self, worker: Worker, exc: BaseException) -> None:
@@ -158,6 +231,84 @@ class ThreadBackend(Backend):
                 )
                 broken.__cause__ = exc
                 self._broken = broken
+
+    # --- the watchdog's view -----------------------------------------------------------
+
+    def busy(self) -> list[Busy]:
+        found = []
+        for slot in list(self._live.values()):
+            current = slot.current
+            if current is None or slot.abandoned or slot.thread is None:
+                continue
+            task, started = current
+            found.append(
+                Busy(
+                    id(task), slot.worker, task[0], task[4], started, slot.thread.name, (slot, task)
+                )
+            )
+        return found
+
+    def stack(self, busy: Busy) -> str:
+        slot, task = busy.handle
+        thread = slot.thread
+        frame = sys._current_frames().get(thread.ident) if thread is not None else None
+        current = slot.current
+        if frame is None or current is None or current[0] is not task:
+            return ""
+        frames = traceback.extract_stack(frame)
+        # Keep the task's own frames: drop this backend's loop and what is above it.
+        for i, entry in enumerate(frames):
+            if entry.filename == __file__ and entry.name == "_run":
+                frames = traceback.StackSummary.from_list(frames[i + 1 :])
+                break
+        return "".join(frames.format())
+
+    def fail(self, busy: Busy, error: BaseException) -> bool:
+        slot, task = busy.handle
+        if self._claims.pop(busy.token, None) is None:
+            return False  # it finished first; its worker delivered the result
+        with self._lock:
+            slot.abandoned = True
+            self._start(slot.worker.with_state(None))  # runs setup afresh
+            abandoned = sum(1 for s in self._slots if s.abandoned and _alive(s))
+        task[4].put((task[0], False, error, slot.worker))
+        if abandoned > max(4, len(self._live)):
+            logger.error(
+                "steadypool: pool %r has %d abandoned threads still stuck in tasks that "
+                "never returned; it is leaking threads (and whatever they hold). Fix the "
+                "hang, or use backend='processes', whose stuck workers are killed.",
+                self.name,
+                abandoned,
+            )
+        return True
+
+    def counts(self) -> tuple[int, int]:
+        return sum(s.items for s in self._slots), self._tasks.qsize()
+
+    def worker_stats(self) -> tuple[tuple[WorkerStats, ...], int, int]:
+        with self._lock:
+            slots = list(self._slots)
+            indexes = sorted(self._live)
+        per_worker = []
+        for index in indexes:
+            mine = [s for s in slots if s.worker.index == index]
+            per_worker.append(
+                WorkerStats(
+                    index=index,
+                    device=mine[0].worker.device,
+                    items=sum(s.items for s in mine),
+                    failed=sum(s.failed for s in mine),
+                    busy_seconds=sum(s.busy for s in mine),
+                    queue_wait_seconds=sum(s.waited for s in mine),
+                    replaced=len(mine) - 1,
+                )
+            )
+        abandoned = sum(1 for s in slots if s.abandoned and _alive(s))
+        return tuple(per_worker), abandoned, len(slots) - len(indexes)
+
+
+def _alive(slot: _Slot) -> bool:
+    return slot.thread is not None and slot.thread.is_alive()
 
 
 def _drain(tasks: SimpleQueue[Task | None]) -> list[Task | None]:

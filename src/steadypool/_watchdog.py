@@ -1,0 +1,332 @@
+"""Hang protection: per-task timeouts and the stall watchdog.
+
+Data flow::
+
+    workers --(write their own slot: running task, start time; pool.last_done)--> backend
+    Monitor thread --every tick: backend.busy(), backend.last_done--> Watchdog.check(now)
+    Watchdog --(decisions: items to time out, a stall to report)--> Monitor
+    Monitor --backend.fail(busy, error)--> the task's owner gets TaskTimeout / StallError
+    Monitor --logging, on_stall callable, progress bars--> the user
+
+Who owns what: `Watchdog` is pure (no threads, no clock: `now` is an argument), so
+tests drive it with any times they like.  Only the `Monitor` thread calls it.  Workers
+never talk to the monitor: they only store into their own slot (the hot path pays a
+clock read and two stores), and the monitor reads those snapshots on its own tick.
+
+What wakes the monitor: its tick (a wait on `_stop` with a timeout) or `stop()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, final
+
+from ._worker import describe
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from ._backends._base import Backend, Busy
+
+__all__ = ["BusyWorker", "Monitor", "StallReport", "Watchdog"]
+
+logger = logging.getLogger("steadypool")
+
+_MIN_TICK, _MAX_TICK = 0.01, 0.5  # seconds between monitor checks, clamped
+
+
+@final
+@dataclass(frozen=True)
+class BusyWorker:
+    """One busy worker in a `StallReport`.
+
+    Attributes:
+        index: The worker's index in its pool.
+        device: Its device, or None.
+        position: The input position of the item it runs (None for `submit`).
+        running_for: Seconds since it started the item.
+        stack: The item's current Python stack, innermost call last.
+        where: The thread (or process) running it.
+    """
+
+    index: int
+    device: str | None
+    position: int | None
+    running_for: float
+    stack: str
+    where: str
+
+
+@final
+@dataclass(frozen=True)
+class StallReport:
+    """Where a stalled pool is stuck; ``str(report)`` is a readable multi-line text.
+
+    Attributes:
+        pool: The pool's name.
+        since_progress: Seconds since an item last finished (or since the oldest busy
+            item started, if later).
+        done: Items finished so far (including failures).
+        in_flight: Items running now.
+        queued: Items waiting for a worker.
+        busy: Every busy worker: its item, for how long, and its stack.
+        devices: Memory figures per CUDA device in use, if torch was already imported.
+        episode: 1 for the first report of a stall, 2, 3... for repeats.
+    """
+
+    pool: str
+    since_progress: float
+    done: int
+    in_flight: int
+    queued: int
+    busy: tuple[BusyWorker, ...]
+    devices: tuple[str, ...] = ()
+    episode: int = 1
+
+    def __str__(self) -> str:
+        lines = [
+            f"steadypool: pool {self.pool!r} has made no progress for "
+            f"{self.since_progress:.1f}s ({self.done} items done, {self.in_flight} running, "
+            f"{self.queued} queued; report {self.episode} of this stall)",
+        ]
+        for busy in self.busy:
+            item = "a submitted task" if busy.position is None else f"item {busy.position}"
+            lines.append(
+                f"  {describe(busy.index, busy.device)} [{busy.where}] has run {item} for "
+                f"{busy.running_for:.1f}s, now at:"
+            )
+            lines.extend("    " + line for line in busy.stack.rstrip().splitlines())
+        lines.extend(f"  {line}" for line in self.devices)
+        return "\n".join(lines)
+
+
+@dataclass
+class Decision:
+    """What one `Watchdog.check` wants done."""
+
+    timed_out: list[Busy] = field(default_factory=list)
+    stall: list[Busy] | None = None  # the busy items of a stall to report now
+    since_progress: float = 0.0
+    episode: int = 0
+
+
+class Watchdog:
+    """Decides, from snapshots and `now`, which items timed out and when a stall is due.
+
+    Args:
+        task_timeout: Seconds an item may run, or None.
+        stall_timeout: Seconds without a finished item (while items run) that make a
+            stall, or None.
+
+    A stall *episode* starts when the pool has stalled for `stall_timeout`; it is
+    reported then and again after 2x, 4x, ... `stall_timeout` (back-off) until an item
+    finishes or nothing runs, which ends it.
+    """
+
+    def __init__(self, task_timeout: float | None, stall_timeout: float | None) -> None:
+        self.task_timeout = task_timeout
+        self.stall_timeout = stall_timeout
+        self.stalls = 0  # episodes seen
+        self._episode_since: float | None = None  # progress time of the current episode
+        self._reports = 0  # reports made in the current episode
+        self._next_report = 0.0
+
+    @property
+    def in_episode(self) -> bool:
+        """Whether a stall episode is going on."""
+        return self._episode_since is not None
+
+    @property
+    def tick(self) -> float:
+        """How often the monitor should look, in seconds."""
+        limits = [t for t in (self.task_timeout, self.stall_timeout) if t is not None]
+        return min(_MAX_TICK, max(_MIN_TICK, min(limits) / 8)) if limits else _MAX_TICK
+
+    def check(self, now: float, busy: Sequence[Busy], last_done: float) -> Decision:
+        """Decide what to do at time `now`, given what runs and when an item last finished."""
+        decision = Decision()
+        if self.task_timeout is not None:
+            decision.timed_out = [b for b in busy if now - b.started >= self.task_timeout]
+        gone = {b.token for b in decision.timed_out}
+        running = [b for b in busy if b.token not in gone]
+        if self.stall_timeout is None:
+            return decision
+        if not running:
+            self._episode_since = None
+            return decision
+        since = max(last_done, min(b.started for b in running))
+        if self._episode_since is not None and since > self._episode_since:
+            self._episode_since = None  # progress: the episode is over
+        stalled_for = now - since
+        if stalled_for < self.stall_timeout:
+            return decision
+        if self._episode_since is None:
+            self._episode_since = since
+            self._reports = 0
+            self._next_report = now
+            self.stalls += 1
+        if now >= self._next_report:
+            self._reports += 1
+            self._next_report = now + self.stall_timeout * 2**self._reports
+            decision.stall = running
+            decision.since_progress = stalled_for
+            decision.episode = self._reports
+        return decision
+
+
+class Monitor:
+    """The one thread per pool that runs the `Watchdog` and carries out its decisions.
+
+    Args:
+        backend: The pool's backend (snapshots, stacks, failing items).
+        watchdog: The decision logic.
+        on_stall: ``"report"``, ``"raise"``, ``"restart"``, or a callable(report).
+        name: The pool's name, for the thread and the reports.
+        clock: The time source shared with the backend's slots.
+        on_report: Called with each report after the policy ran (progress bars).
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        watchdog: Watchdog,
+        on_stall: str | Callable[[StallReport], Any],
+        *,
+        name: str,
+        clock: Callable[[], float],
+        on_report: Callable[[StallReport | None], None],
+    ) -> None:
+        self._backend = backend
+        self._watchdog = watchdog
+        self._on_stall = on_stall
+        self._name = name
+        self._clock = clock
+        self._on_report = on_report
+        self._stop = threading.Event()
+        self._stalled = False
+        self.timed_out = 0  # items failed with TaskTimeout
+        self._thread = threading.Thread(
+            target=self._run, name=f"steadypool-{name}-watchdog", daemon=True
+        )
+        self._thread.start()
+
+    @property
+    def stalls(self) -> int:
+        """Stall episodes seen so far."""
+        return self._watchdog.stalls
+
+    def stop(self, *, wait: bool) -> None:
+        """End the monitor thread (idempotent)."""
+        self._stop.set()
+        if wait and self._thread is not threading.current_thread():
+            self._thread.join(5.0)
+
+    def _run(self) -> None:
+        tick = self._watchdog.tick
+        # Wake-up path: the tick, or stop() setting the event.
+        while not self._stop.wait(tick):
+            try:
+                self.check()
+            except Exception:
+                logger.exception("steadypool: the watchdog of pool %r failed a check", self._name)
+
+    def check(self) -> None:
+        """Look once: time out items, report or act on a stall."""
+        now = self._clock()
+        decision = self._watchdog.check(now, self._backend.busy(), self._backend.last_done)
+        for busy in decision.timed_out:
+            self._time_out(busy, now)
+        if decision.stall is not None:
+            self._stall(decision, now)
+        elif self._stalled and not self._watchdog.in_episode:
+            self._stalled = False
+            self._on_report(None)
+
+    def _time_out(self, busy: Busy, now: float) -> None:
+        from ._exceptions import TaskTimeout
+
+        stack = self._backend.stack(busy)
+        timeout = self._watchdog.task_timeout or 0.0
+        where = "a submitted task" if busy.position is None else f"item {busy.position}"
+        error = TaskTimeout(
+            f"{where} ran for {now - busy.started:.1f}s, longer than task_timeout={timeout}s, "
+            f"on {describe(busy.worker.index, busy.worker.device)}; " + self._backend.replacing,
+            timeout=timeout,
+            worker=busy.worker,
+            stack=stack,
+        )
+        if stack:
+            error.add_note("steadypool: its stack at the timeout:\n" + stack.rstrip())
+        if self._backend.fail(busy, error):
+            self.timed_out += 1
+            logger.warning("steadypool: %s", error)
+
+    def _stall(self, decision: Decision, now: float) -> None:
+        from ._exceptions import StallError
+
+        report = self.report(decision, now)
+        self._stalled = True
+        policy = self._on_stall
+        if callable(policy):
+            if decision.episode == 1:
+                policy(report)
+        elif policy == "report":
+            logger.warning("%s", report)
+        else:
+            why = ""
+            if policy == "restart" and not self._backend.can_kill:
+                why = (
+                    " (on_stall='restart' needs a backend that can kill workers, such as "
+                    "'processes'; a thread cannot be killed, so this raised instead)"
+                )
+            logger.error("%s", report)
+            error = StallError(f"{report}{why}", report=report)
+            for busy in decision.stall or ():
+                self._backend.fail(busy, error)
+        self._on_report(report)
+
+    def report(self, decision: Decision, now: float) -> StallReport:
+        """Build the `StallReport` for a stall decision."""
+        busy = tuple(
+            BusyWorker(
+                index=b.worker.index,
+                device=b.worker.device,
+                position=b.position,
+                running_for=now - b.started,
+                stack=self._backend.stack(b),
+                where=b.where,
+            )
+            for b in decision.stall or ()
+        )
+        stats = self._backend.counts()
+        return StallReport(
+            pool=self._name,
+            since_progress=decision.since_progress,
+            done=stats[0],
+            in_flight=len(busy),
+            queued=stats[1],
+            busy=busy,
+            devices=cuda_memory({b.device for b in busy}),
+            episode=decision.episode,
+        )
+
+
+def cuda_memory(devices: set[str | None]) -> tuple[str, ...]:
+    """Memory lines per CUDA device in `devices`, only if torch is already imported."""
+    torch: Any = sys.modules.get("torch")
+    cuda = getattr(torch, "cuda", None)
+    if cuda is None or not cuda.is_available() or not cuda.is_initialized():
+        return ()
+    lines = []
+    for device in sorted(d for d in devices if d and d.startswith("cuda")):
+        try:
+            allocated = cuda.memory_allocated(device) / 2**20
+            reserved = cuda.memory_reserved(device) / 2**20
+        except Exception as exc:  # a device this process cannot see
+            lines.append(f"{device}: memory unknown ({exc})")
+            continue
+        lines.append(f"{device}: {allocated:.0f} MiB allocated, {reserved:.0f} MiB reserved")
+    return tuple(lines)
