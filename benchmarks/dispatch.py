@@ -82,12 +82,15 @@ def mpire_threading(fn: Callable[[Any], Any], items: list[Any], workers: int) ->
         return list(pool.imap(fn, [(x,) for x in items]))
 
 
-def sp_imap(window: int | None) -> Runner:
+def sp_imap(window: int | None, **options: Any) -> Runner:
     def run(fn: Callable[[Any], Any], items: list[Any], workers: int) -> list[Any]:
-        with sp.Pool(workers) as pool:
+        with sp.Pool(workers, **options) as pool:
             return list(pool.imap(fn, items, window=window))
 
     return run
+
+
+WATCHED = {"task_timeout": 60.0, "stall_timeout": 30.0}
 
 
 def sp_imap_batches(batch: int) -> Runner:
@@ -114,6 +117,8 @@ RUNNERS: dict[str, Runner] = {
     "mpire threading imap": mpire_threading,
     "steadypool imap (window=2xworkers)": sp_imap(None),
     "steadypool imap window=256": sp_imap(256),
+    "  + task_timeout + stall_timeout": sp_imap(256, **WATCHED),
+    "steadypool imap (default) + timeouts": sp_imap(None, **WATCHED),
     "steadypool imap_batches 64": sp_imap_batches(64),
     "steadypool map chunksize=64": sp_map(64),
 }
@@ -140,23 +145,15 @@ def matmul(x: int) -> float:
     return float((a @ a)[0, 0])
 
 
-def best_of(
-    repeat: int,
-    runner: Runner,
-    fn: Callable[[Any], Any],
-    items: list[Any],
-    workers: int,
-    expected: list[Any],
+def time_once(
+    runner: Runner, fn: Callable[[Any], Any], items: list[Any], workers: int, expected: list[Any]
 ) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        out = runner(fn, items, workers)
-        took = time.perf_counter() - start
-        if out != expected:
-            raise AssertionError(f"{runner} returned wrong results")
-        best = min(best, took)
-    return best
+    start = time.perf_counter()
+    out = runner(fn, items, workers)
+    took = time.perf_counter() - start
+    if out != expected:
+        raise AssertionError(f"{runner} returned wrong results")
+    return took
 
 
 def bench_workload(
@@ -172,20 +169,24 @@ def bench_workload(
         for x in items:
             fn(x)
         ideal = (time.perf_counter() - start) / workers
-    rows = []
-    for label, runner in RUNNERS.items():
-        seconds = best_of(repeat, runner, fn, items, workers, expected)
-        rows.append(
-            {
-                "workload": name,
-                "runner": label,
-                "items": n,
-                "workers": workers,
-                "seconds": seconds,
-                "us_per_item": seconds / n * 1e6,
-                "efficiency": None if ideal is None else ideal / seconds,
-            }
-        )
+    # Round-robin over the runners, best of `repeat` each: drift of a shared machine
+    # spreads over every row instead of favouring whichever ran in a quiet moment.
+    best = dict.fromkeys(RUNNERS, float("inf"))
+    for _ in range(repeat):
+        for label, runner in RUNNERS.items():
+            best[label] = min(best[label], time_once(runner, fn, items, workers, expected))
+    rows = [
+        {
+            "workload": name,
+            "runner": label,
+            "items": n,
+            "workers": workers,
+            "seconds": seconds,
+            "us_per_item": seconds / n * 1e6,
+            "efficiency": None if ideal is None else ideal / seconds,
+        }
+        for label, seconds in best.items()
+    ]
     ref = next(r for r in rows if r["runner"] == REFERENCE)["seconds"]
     tpe = next(r for r in rows if r["runner"] == "stdlib ThreadPoolExecutor.map")["seconds"]
     for row in rows:
