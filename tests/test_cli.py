@@ -31,3 +31,9 @@ def test_python_dash_m_runs_the_demo() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "items per worker" in done.stdout
+
+
+def test_diagnose_command_prints_the_environment(capsys: pytest.CaptureFixture[str]) -> None:
+    """`steadypool diagnose` prints versions for a bug report."""
+    assert main(["diagnose"]) == 0
+    assert "steadypool diagnosis" in capsys.readouterr().out

@@ -306,3 +306,15 @@ def _wait_for(condition: Any, timeout: float = WAIT) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.005)
+
+
+def test_diagnose_includes_versions_and_the_report() -> None:
+    """diagnose() gives the environment and the stall report, ready to paste."""
+    report = sp.StallReport("p", 3.0, 1, 1, 0, (sp.BusyWorker(0, None, 5, 3.0, "  at x", "t"),))
+    text = sp.diagnose(sp.StallError("stuck", report=report))
+    assert "steadypool 0.1.0" in text
+    assert "Python 3." in text
+    assert "has run item 5 for 3.0s" in text
+    assert "torch" in text
+    timeout = sp.diagnose(sp.TaskTimeout("slow", timeout=1.0, stack="  File x, in f"))
+    assert "stack at the timeout" in timeout

@@ -1,5 +1,6 @@
 """steadypool: ordered, batched, parallel work that never hangs silently."""
 
+from ._diagnose import diagnose as diagnose
 from ._exceptions import BrokenPool as BrokenPool
 from ._exceptions import StallError as StallError
 from ._exceptions import TaskTimeout as TaskTimeout
@@ -24,4 +25,5 @@ __all__ = (
     "Worker",
     "WorkerStats",
     "current_worker",
+    "diagnose",
 )

@@ -80,7 +80,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--workers", type=int, default=2, help="worker threads")
     demo.add_argument("--batch-size", type=int, default=16, help="results per batch")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
+    commands.add_parser("diagnose", help="print versions and machine facts for a bug report")
     args = parser.parse_args(argv)
+    if args.command == "diagnose":
+        print(sp.diagnose())
+        return 0
     if args.command in (None, "demo"):
         if args.command is None:
             args = demo.parse_args([])
