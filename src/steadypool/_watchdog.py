@@ -283,9 +283,9 @@ class Monitor:
                     "'processes'; a thread cannot be killed, so this raised instead)"
                 )
             logger.error("%s", report)
-            error = StallError(f"{report}{why}", report=report)
             for busy in decision.stall or ():
-                self._backend.fail(busy, error)
+                # One instance per item: owners add notes, which must not pile up.
+                self._backend.fail(busy, StallError(f"{report}{why}", report=report))
         self._on_report(report)
 
     def report(self, decision: Decision, now: float) -> StallReport:
