@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -11,7 +12,7 @@ import pytest
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-BACKENDS = ["threads"]
+BACKENDS = ["threads", "processes"]
 LEAK_GRACE = 5.0  # seconds a pool thread may take to exit after the test ends
 
 
@@ -26,14 +27,27 @@ def _pool_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("steadypool-")]
 
 
+def _pool_children() -> list[multiprocessing.process.BaseProcess]:
+    return [p for p in multiprocessing.active_children() if p.name.startswith("steadypool-")]
+
+
 @pytest.fixture(autouse=True)
 def no_leaked_workers() -> Iterator[None]:
-    """Fail any test that leaves a pool thread alive (after a short grace to exit)."""
+    """Fail any test that leaves a pool thread or worker process alive (after a short
+    grace to exit)."""
     before = set(_pool_threads())
+    before_children = {p.pid for p in _pool_children()}
     yield
     deadline = time.monotonic() + LEAK_GRACE
     leaked = [t for t in _pool_threads() if t not in before]
     for thread in leaked:
         thread.join(max(0.0, deadline - time.monotonic()))
     alive = [t.name for t in leaked if t.is_alive()]
-    assert not alive, f"pool threads left running after the test: {alive}"
+    children = [p for p in _pool_children() if p.pid not in before_children]
+    for child in children:
+        child.join(max(0.0, deadline - time.monotonic()))
+    alive += [f"{p.name} (pid {p.pid})" for p in children if p.is_alive()]
+    for child in children:
+        if child.is_alive():
+            child.kill()  # do not let one failure cascade into every later test
+    assert not alive, f"pool threads or processes left running after the test: {alive}"

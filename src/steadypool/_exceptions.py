@@ -14,7 +14,15 @@ if TYPE_CHECKING:
     from ._watchdog import StallReport
     from ._worker import Worker
 
-__all__ = ["BrokenPool", "PoolClosed", "StallError", "TaskTimeout", "add_task_note"]
+__all__ = [
+    "BrokenPool",
+    "PoolClosed",
+    "RemoteError",
+    "StallError",
+    "TaskTimeout",
+    "WorkerCrashed",
+    "add_task_note",
+]
 
 
 class TaskTimeout(TimeoutError):
@@ -72,6 +80,60 @@ class StallError(RuntimeError):
 
     def __reduce__(self) -> tuple[type[StallError], tuple[str], dict[str, object]]:
         return (type(self), (str(self),), {"report": self.report})
+
+
+class WorkerCrashed(RuntimeError):
+    """A worker process died while it ran an item (process backend).
+
+    Raised for that item only (handled by `on_error` like a task error), after any
+    ``retries``; the message gives the exit code with its signal name, the worker, its
+    device, the item and the likely causes.  A fresh worker takes the dead one's place
+    and the pool stays usable.  Unlike `TaskTimeout`, nobody asked for the kill: the
+    process exited (``os._exit``), crashed (segfault) or was killed (OOM killer).
+
+    Attributes:
+        exitcode: The process's exit code (negative: killed by that signal).
+        worker: The worker that died.
+    """
+
+    def __init__(
+        self, message: str, *, exitcode: int | None = None, worker: Worker | None = None
+    ) -> None:
+        super().__init__(message)
+        self.exitcode = exitcode
+        self.worker = worker
+
+    def __reduce__(self) -> tuple[type[WorkerCrashed], tuple[str], dict[str, object]]:
+        return (type(self), (str(self),), {"exitcode": self.exitcode, "worker": self.worker})
+
+
+class RemoteError(Exception):
+    """Stands for an exception raised in a worker process that could not be pickled back.
+
+    It keeps what can travel: the original type's name, its message and its traceback
+    text (also in ``str()``), and why it could not be pickled.
+
+    Attributes:
+        type_name: ``module.QualName`` of the original exception.
+        message: ``str()`` of the original exception.
+        traceback_text: Its formatted traceback, from the worker process.
+        reason: Why the original could not be pickled.
+    """
+
+    def __init__(
+        self, type_name: str, message: str, traceback_text: str = "", reason: str = ""
+    ) -> None:
+        super().__init__(type_name, message, traceback_text, reason)
+        self.type_name = type_name
+        self.message = message
+        self.traceback_text = traceback_text
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return (
+            f"{self.type_name}: {self.message} (raised in a worker process; the exception "
+            f"could not be pickled back: {self.reason})"
+        )
 
 
 class BrokenPool(BrokenExecutor):

@@ -135,7 +135,14 @@ class Pool(Executor):
             what it returns is ``worker.state`` (a model replica, a connection).  If it
             raises, the pool is broken: everything queued and submitted after fails
             with `BrokenPool`, whose cause is the setup's exception.
-        backend: ``"threads"`` (the default).
+        backend: ``"threads"`` (the default) or ``"processes"`` (worker processes that
+            can be killed and replaced; functions and arguments are sent with
+            cloudpickle, so closures work).
+        retries: Process backend: run an item again on a fresh worker, up to this many
+            times, when its worker crashed or was killed (task_timeout,
+            ``on_stall="restart"``); then it fails.
+        start_method: Process backend: ``"spawn"`` (default; safe with CUDA) or
+            ``"forkserver"``.
         task_timeout: Seconds an item may run, counted from when a worker starts it;
             past it the item fails with `TaskTimeout` (handled by `on_error` like any
             task error) and its worker is replaced.  On threads the stuck thread is
@@ -172,6 +179,8 @@ class Pool(Executor):
         devices: Sequence[str] | None = None,
         setup: Callable[[Worker], Any] | None = None,
         backend: str = "threads",
+        retries: int = 0,
+        start_method: str | None = None,
         task_timeout: float | None = None,
         stall_timeout: float | None = None,
         on_stall: str | Callable[[StallReport], Any] = "report",
@@ -179,6 +188,9 @@ class Pool(Executor):
         name: str | None = None,
     ) -> None:
         backend_class = get_backend(backend)
+        _check_int("retries", retries, 0, "extra runs of an item whose worker died")
+        if start_method is not None and start_method not in ("spawn", "forkserver"):
+            raise ValueError(f"start_method must be 'spawn' or 'forkserver', got {start_method!r}")
         task_timeout = _check_seconds("task_timeout", task_timeout)
         stall_timeout = _check_seconds("stall_timeout", stall_timeout)
         if not callable(on_stall) and on_stall not in _ON_STALL:
@@ -203,7 +215,9 @@ class Pool(Executor):
             _check_callable("setup", setup)
         self._progress = bool(progress)
         self._workers = tuple(Worker(i, device) for i, device in enumerate(parsed))
-        self._backend: Backend = backend_class(self._workers, setup, name=name or "")
+        self._backend: Backend = backend_class(
+            self._workers, setup, name=name or "", retries=retries, start_method=start_method
+        )
         self._bars: weakref.WeakSet[Any] = weakref.WeakSet()  # open progress bars
         self._monitor: Monitor | None = None
         self._watchdog = Watchdog(task_timeout, stall_timeout)
@@ -258,6 +272,7 @@ class Pool(Executor):
         worker.
         """
         _check_callable("fn", fn)
+        self._backend.prepare(fn)
         return self._submit_at(None, fn, args, kwargs or None)
 
     def _submit_at(
@@ -294,6 +309,7 @@ class Pool(Executor):
         """
         _check_callable("fn", fn)
         _check_int("chunksize", chunksize, 1, "items per task sent to a worker")
+        self._backend.prepare(fn)
         end = None if timeout is None else timeout + time.monotonic()
         argtuples = zip(*iterables, strict=False)
         if chunksize == 1:
@@ -426,6 +442,7 @@ class Pool(Executor):
         if on_error not in _ON_ERROR:
             raise ValueError(f"on_error must be 'raise' or 'return', got {on_error!r}")
         source = iter(iterable)  # TypeError now, not at the first next()
+        self._backend.prepare(fn)
         if self._finalizer.alive is False:
             raise RuntimeError("cannot start an imap on a steadypool Pool after shutdown()")
         if self._backend.broken is not None:

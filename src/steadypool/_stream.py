@@ -62,7 +62,7 @@ class StreamOwner:
 
 
 # Failures of the pool rather than of a task: raised whatever on_error says.
-_FATAL = (BrokenPool, StallError)
+_FATAL = (BrokenPool, StallError, CancelledError)
 
 
 def run_stream(
@@ -124,7 +124,7 @@ def run_stream(
                     outcome = window.pop()
                 key, ok, value, worker = outcome
                 if not ok:
-                    if worker is None or isinstance(value, _FATAL):
+                    if isinstance(value, _FATAL):
                         raise value  # the pool, not the task, failed: never a result
                     add_task_note(value, key, worker)
                     if raise_errors:

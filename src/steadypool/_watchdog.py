@@ -260,7 +260,7 @@ class Monitor:
         )
         if stack:
             error.add_note("steadypool: its stack at the timeout:\n" + stack.rstrip())
-        if self._backend.fail(busy, error):
+        if self._backend.fail(busy, error, retry=True):
             self.timed_out += 1
             logger.warning("steadypool: %s", error)
 
@@ -275,6 +275,21 @@ class Monitor:
                 policy(report)
         elif policy == "report":
             logger.warning("%s", report)
+        elif policy == "restart" and self._backend.can_kill:
+            from ._exceptions import TaskTimeout
+
+            logger.warning("%s\n(on_stall='restart': killing and replacing these workers)", report)
+            for busy in decision.stall or ():
+                where = "a submitted task" if busy.position is None else f"item {busy.position}"
+                error = TaskTimeout(
+                    f"{where} stalled for {decision.since_progress:.1f}s on "
+                    f"{describe(busy.worker.index, busy.worker.device)} and "
+                    f"on_stall='restart' killed it; {self._backend.replacing}",
+                    timeout=self._watchdog.stall_timeout or 0.0,
+                    worker=busy.worker,
+                    stack=next((b.stack for b in report.busy if b.position == busy.position), ""),
+                )
+                self._backend.fail(busy, error, retry=True)
         else:
             why = ""
             if policy == "restart" and not self._backend.can_kill:

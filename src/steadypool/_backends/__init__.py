@@ -13,6 +13,7 @@ __all__ = ["BACKENDS", "get_backend"]
 # name -> module defining `BACKEND`, a `Backend` subclass.
 BACKENDS: dict[str, str] = {
     "threads": "steadypool._backends._threads",
+    "processes": "steadypool._backends._processes",
 }
 
 

@@ -85,6 +85,9 @@ class Backend(ABC):
         setup: Run once in each worker before its first task; its return value becomes
             ``worker.state``.  If it raises, the backend becomes broken.
         name: A label for threads, processes and log lines.
+        retries: How often an item whose worker crashed or was killed (timeout,
+            ``on_stall="restart"``) is run again on a fresh worker.
+        start_method: How worker processes start, where the backend has processes.
     """
 
     name: str
@@ -99,7 +102,18 @@ class Backend(ABC):
         setup: Callable[[Worker], Any] | None,
         *,
         name: str,
+        retries: int = 0,
+        start_method: str | None = None,
     ) -> None: ...
+
+    def prepare(self, fn: Callable[..., Any]) -> None:  # noqa: B027 - optional hook
+        """Check, before any work starts, that `fn` can run here (e.g. can be pickled).
+
+        The default accepts every function (in-process backends).
+
+        Raises:
+            TypeError: It cannot.
+        """
 
     @abstractmethod
     def submit(self, task: Task) -> None:
@@ -132,10 +146,11 @@ class Backend(ABC):
         """The current Python stack of a running task ("" if it has finished)."""
 
     @abstractmethod
-    def fail(self, busy: Busy, error: BaseException) -> bool:
+    def fail(self, busy: Busy, error: BaseException, *, retry: bool = False) -> bool:
         """Claim a running task: its owner gets `error`, its worker is replaced.
 
-        Returns False (and does nothing) if the task finished first.
+        With `retry`, a backend that kills workers queues the item again instead, while
+        it has retries left.  Returns False (and does nothing) if the task finished first.
         """
 
     @abstractmethod

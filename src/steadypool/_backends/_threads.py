@@ -100,7 +100,16 @@ class ThreadBackend(Backend):
         setup: Callable[[Worker], Any] | None,
         *,
         name: str,
+        retries: int = 0,
+        start_method: str | None = None,
     ) -> None:
+        if retries:
+            raise ValueError(
+                f"retries={retries} needs a backend that can kill a stuck or crashed worker "
+                "and run the item again on a fresh one: use backend='processes'"
+            )
+        if start_method is not None:
+            raise ValueError(f"start_method={start_method!r} applies to backend='processes' only")
         self.name = name or f"pool{next(_pool_ids)}"
         self.last_done = 0.0
         self._setup = setup
@@ -263,7 +272,7 @@ class ThreadBackend(Backend):
                 break
         return "".join(frames.format())
 
-    def fail(self, busy: Busy, error: BaseException) -> bool:
+    def fail(self, busy: Busy, error: BaseException, *, retry: bool = False) -> bool:
         slot, task = busy.handle
         if self._claims.pop(busy.token, None) is None:
             return False  # it finished first; its worker delivered the result

@@ -1,0 +1,141 @@
+"""The body of a worker process (process backend); runs in the child only.
+
+Data flow, one child::
+
+    parent --task frames--> sock --recv--> main thread: run fn --result frames--> sock
+    parent --SIGUSR1--> faulthandler writes every thread's stack into the dump file
+    parent dies --> PR_SET_PDEATHSIG kills us (Linux); the lifeline socket reads EOF
+                    and a watcher thread exits the process (everywhere)
+
+The main thread is the only reader and writer of `sock`; it runs one task at a time, so
+the parent always knows which item a dead child was running.  SIGINT is ignored: the
+parent handles Ctrl-C and stops its children itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import faulthandler
+import os
+import pickle
+import signal
+import sys
+import threading
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+from .. import _remote
+from .._worker import Worker, bind
+
+if TYPE_CHECKING:
+    import socket
+    from collections.abc import Callable
+
+__all__ = ["FN_CACHE", "child_main"]
+
+FN_CACHE = 256  # functions a child keeps; the parent assumes at most half of that
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent_pid: int, lifeline: socket.socket) -> None:
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+    def watch() -> None:
+        with contextlib.suppress(OSError):
+            lifeline.recv(1)  # returns b"" (or fails) only when the parent is gone
+        os._exit(1)
+
+    threading.Thread(target=watch, name="steadypool-lifeline", daemon=True).start()
+
+
+def _send(sock: socket.socket, envelope: tuple[Any, ...], payload: Any = None) -> None:
+    frames: list[bytes | memoryview] = [pickle.dumps(envelope, protocol=5)]
+    if payload is not None:
+        frames += _remote.dumps(payload)
+    _remote.send_frames(sock, frames)
+
+
+def _send_error(sock: socket.socket, tag: str, task_id: int, exc: BaseException) -> None:
+    error, text = _remote.exception_payload(exc)
+    try:
+        _send(sock, (tag, task_id), (error, text))
+    except Exception as why:  # the exception pickled, but its payload still did not
+        substitute, text = _remote.exception_payload(
+            pickle.PicklingError(f"{type(exc).__name__}: {exc} (could not be sent: {why})")
+        )
+        _send(sock, (tag, task_id), (substitute, text))
+
+
+def child_main(
+    sock: socket.socket,
+    lifeline: socket.socket,
+    worker: Worker,
+    env: dict[str, str],
+    setup: bytes | None,
+    dump_path: str,
+    parent_pid: int,
+) -> None:
+    """Run one worker: set up, then serve tasks until told to stop or the parent goes."""
+    _die_with_parent(parent_pid, lifeline)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ.update(env)  # CUDA_VISIBLE_DEVICES, before any CUDA initialisation
+    dump = open(dump_path, "w")  # noqa: SIM115 - lives as long as the process
+    faulthandler.register(signal.SIGUSR1, file=dump, all_threads=True, chain=False)
+    bind(worker)
+    if setup is not None:
+        try:
+            worker = worker.with_state(pickle.loads(setup)(worker))
+        except BaseException as exc:
+            _send_error(sock, "setup_failed", -1, exc)
+            return
+        bind(worker)
+    _send(sock, ("ready", os.getpid(), threading.main_thread().ident))
+    fns: OrderedDict[int, Callable[..., Any]] = OrderedDict()
+    while True:
+        try:
+            frames = _remote.recv_frames(sock)
+        except (EOFError, OSError):
+            return  # the parent closed our socket, or is gone
+        envelope = pickle.loads(frames[0])
+        if envelope[0] == "stop":
+            return
+        _tag, task_id, fn_id, fn_bytes = envelope
+        try:
+            if fn_bytes is not None:
+                fns[fn_id] = pickle.loads(fn_bytes)
+            fn = fns[fn_id]
+            fns.move_to_end(fn_id)
+            while len(fns) > FN_CACHE:
+                fns.popitem(last=False)
+            args, kwargs = _remote.loads(frames[1:])
+            del frames
+            result = fn(*args) if kwargs is None else fn(*args, **kwargs)
+        except BaseException as exc:
+            _send_error(sock, "err", task_id, exc)
+            continue
+        try:
+            payload = _remote.dumps(result)
+        except Exception as why:
+            error = pickle.PicklingError(
+                f"the result of this task, {_short_repr(result)}, could not be pickled to "
+                f"send it back from the worker process: {type(why).__name__}: {why}"
+            )
+            error.__cause__ = why
+            _send_error(sock, "err", task_id, error)
+            continue
+        del result
+        frames_out: list[bytes | memoryview] = [pickle.dumps(("ok", task_id), protocol=5)]
+        _remote.send_frames(sock, frames_out + payload)
+        del payload
+
+
+def _short_repr(obj: object) -> str:
+    text = repr(obj)
+    text = text if len(text) <= 80 else text[:77] + "..."
+    return f"{text} ({type(obj).__module__}.{type(obj).__qualname__})"

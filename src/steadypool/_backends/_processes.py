@@ -1,0 +1,640 @@
+"""Process backend: one worker process per worker, driven by one manager thread.
+
+Data flow::
+
+    submit() --pickle now (errors surface at once)--> _pending --wake pipe--> manager
+    manager --task frames--> child socket ... child --result frames--> manager
+    manager --owner.put(outcome)--> the task's owner
+    watchdog --busy()/stack()/fail()--> child.running (fail() kills the child)
+
+Who owns what:
+
+* The manager thread owns the children: it spawns them, talks on their sockets, reaps
+  and replaces them.  Spawning from the manager matters: Linux's PR_SET_PDEATHSIG
+  follows the thread that forked, and the manager is the last of ours to end.
+* `_lock` guards `_pending`, `_closed`, `_broken`, `_fn_cache` and every
+  `child.running`.  Whoever moves a `child.running` from a run to None owns that
+  run's outcome: the manager when its result or the child's death arrives, `fail()`
+  when the watchdog claims it.  So every item gets exactly one outcome.
+* Each child runs one task at a time, so a dead child names exactly one item.
+
+What wakes the manager (one `multiprocessing.connection.wait` on all of them): a
+message or EOF on a child's socket, a child's sentinel (it ended), or a byte on the
+wake pipe (a new task, shutdown, `fail()`).  No polling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import multiprocessing
+import os
+import pickle
+import signal
+import socket
+import tempfile
+import threading
+import time
+from collections import OrderedDict, deque
+from multiprocessing.connection import wait
+from typing import TYPE_CHECKING, Any
+
+import cloudpickle
+
+from .. import _remote
+from .._exceptions import BrokenPool, PoolClosed, WorkerCrashed
+from .._stats import WorkerStats
+from .._worker import Worker, describe
+from ._base import Backend, Busy
+from ._child import FN_CACHE, child_main
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from ._base import Task
+
+__all__ = ["BACKEND", "ProcessBackend"]
+
+logger = logging.getLogger("steadypool")
+
+START_METHODS = ("spawn", "forkserver")
+_JOIN_SLICE = 0.5
+_STOP_GRACE = 3.0  # seconds a child gets to exit after "stop" before it is killed
+_STACK_WAIT = 1.0  # seconds to wait for a child's faulthandler dump
+_START_FAILURES = 3  # consecutive deaths of one index before it runs a task: broken
+_pool_ids = itertools.count()
+_task_ids = itertools.count()
+_live_backends: set[ProcessBackend] = set()  # for the exit hook; guarded by the GIL
+_ORDER = {"wake": 0, "message": 1, "died": 2}
+
+
+class _Run:
+    """One item on its way through the backend (queued, or running on a child)."""
+
+    __slots__ = ("attempts", "begun", "fn_bytes", "fn_id", "frames", "started", "task", "task_id")
+
+    def __init__(self, task: Task, frames: list[bytes | memoryview], fn_id: int, fn_bytes: bytes):
+        self.task = task
+        self.frames = frames
+        self.fn_id = fn_id
+        self.fn_bytes = fn_bytes
+        self.task_id = next(_task_ids)
+        self.attempts = 1
+        self.begun = False  # owner.begin() was called (only once, even when retried)
+        self.started = 0.0
+
+
+class _Child:
+    """One worker process, as the manager sees it."""
+
+    __slots__ = (
+        "busy",
+        "doomed",
+        "dump_path",
+        "failed",
+        "fn_ids",
+        "items",
+        "lifeline",
+        "main_ident",
+        "pid",
+        "process",
+        "ready",
+        "running",
+        "sock",
+        "waited",
+        "worker",
+    )
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.process: Any = None
+        self.sock: socket.socket | None = None
+        self.lifeline: socket.socket | None = None
+        self.dump_path = ""
+        self.running: _Run | None = None
+        self.fn_ids: OrderedDict[int, None] = OrderedDict()  # what the child has cached
+        self.ready = False
+        self.doomed = False  # killed on purpose (watchdog): its death is not a crash
+        self.pid = 0
+        self.main_ident = 0
+        self.items = 0
+        self.failed = 0
+        self.busy = 0.0
+        self.waited = 0.0
+
+
+def _child_view(device: str | None) -> tuple[str | None, dict[str, str]]:
+    """The device as the child sees it, and the environment that makes it so."""
+    if device is not None and device.startswith("cuda:"):
+        return "cuda:0", {"CUDA_VISIBLE_DEVICES": device.split(":", 1)[1]}
+    return device, {}
+
+
+class ProcessBackend(Backend):
+    """Runs tasks in worker processes that can be killed and replaced."""
+
+    can_kill = True
+    replacing = "its worker process was killed and a fresh one took its place"
+
+    def __init__(
+        self,
+        workers: Sequence[Worker],
+        setup: Callable[[Worker], Any] | None,
+        *,
+        name: str,
+        retries: int = 0,
+        start_method: str | None = None,
+    ) -> None:
+        self.name = name or f"pool{next(_pool_ids)}"
+        self.last_done = 0.0
+        self._retries = retries
+        self._context: Any = multiprocessing.get_context(start_method or "spawn")
+        try:
+            self._setup = None if setup is None else cloudpickle.dumps(setup)
+        except Exception as why:
+            raise TypeError(
+                f"setup {setup!r} cannot be sent to worker processes: it cannot be pickled "
+                f"({type(why).__name__}: {why}); define it at module level, or make what "
+                "it captures picklable"
+            ) from why
+        self._workers = list(workers)
+        self._lock = threading.Lock()
+        self._pending: deque[_Run] = deque()
+        self._closed = False
+        self._broken: BrokenPool | None = None
+        self._fn_cache: OrderedDict[int, tuple[Any, int, bytes]] = OrderedDict()
+        self._fn_ids = itertools.count()
+        self._children: list[_Child] = []  # every child ever (stats); live ones below
+        self._live: dict[int, _Child] = {}  # worker index -> its current child
+        self._start_failures: dict[int, int] = {}
+        self._dump_dir = tempfile.mkdtemp(prefix="steadypool-")
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._manager = threading.Thread(
+            target=self._manage, name=f"steadypool-{self.name}-manager", daemon=True
+        )
+        _live_backends.add(self)
+        self._manager.start()
+
+    # --- called from any thread ----------------------------------------------------------
+
+    @property
+    def broken(self) -> BrokenPool | None:
+        return self._broken
+
+    def prepare(self, fn: Callable[..., Any]) -> None:
+        """Pickle `fn` now (cached), so an unpicklable function fails before any work."""
+        self._fn_entry(fn)
+
+    def _fn_entry(self, fn: Callable[..., Any]) -> tuple[int, bytes]:
+        with self._lock:
+            entry = self._fn_cache.get(id(fn))
+            if entry is not None and entry[0] is fn:
+                self._fn_cache.move_to_end(id(fn))
+                return entry[1], entry[2]
+        try:
+            data = cloudpickle.dumps(fn, protocol=5)
+        except Exception as why:
+            raise TypeError(
+                f"the function {fn!r} cannot be sent to worker processes: it cannot be "
+                f"pickled ({type(why).__name__}: {why}); define it at module level, or "
+                "make what it captures picklable"
+            ) from why
+        with self._lock:
+            fn_id = next(self._fn_ids)
+            self._fn_cache[id(fn)] = (fn, fn_id, data)  # holds fn: its id stays unique
+            while len(self._fn_cache) > FN_CACHE // 2:
+                self._fn_cache.popitem(last=False)
+        return fn_id, data
+
+    def submit(self, task: Task) -> None:
+        key, fn, args, kwargs, owner, _queued_at = task
+        if self._closed:
+            raise PoolClosed("cannot submit to a steadypool Pool after shutdown()")
+        if self._broken is not None:
+            raise self._broken
+        fn_id, fn_bytes = self._fn_entry(fn)
+        try:
+            frames = _remote.dumps((args, kwargs))
+        except Exception as why:
+            owner.put((key, False, _argument_error(args, kwargs, why), None))
+            return
+        run = _Run(task, frames, fn_id, fn_bytes)
+        with self._lock:
+            if self._closed:
+                raise PoolClosed("cannot submit to a steadypool Pool after shutdown()")
+            if self._broken is not None:
+                raise self._broken
+            self._pending.append(run)
+        self._wake()
+
+    def shutdown(self, *, wait: bool, cancel: bool) -> None:
+        with self._lock:
+            self._closed = True
+            dropped = list(self._pending) if cancel else []
+            if cancel:
+                self._pending.clear()
+        for run in dropped:
+            run.task[4].drop(run.task[0])
+        self._wake()
+        if wait and threading.current_thread() is not self._manager:
+            while self._manager.is_alive():
+                self._manager.join(_JOIN_SLICE)
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wake_w, b"x")
+
+    # --- the watchdog's view ---------------------------------------------------------------
+
+    def busy(self) -> list[Busy]:
+        found = []
+        for child in list(self._live.values()):
+            run = child.running
+            if run is None or child.doomed:
+                continue
+            key, owner = run.task[0], run.task[4]
+            found.append(
+                Busy(
+                    run.task_id,
+                    child.worker,
+                    key,
+                    owner,
+                    run.started,
+                    f"pid {child.pid}",
+                    (child, run),
+                )
+            )
+        return found
+
+    def stack(self, busy: Busy) -> str:
+        child, run = busy.handle
+        if child.running is not run or not child.pid:
+            return ""
+        try:
+            with open(child.dump_path, "r+") as dump:
+                dump.truncate(0)
+            os.kill(child.pid, signal.SIGUSR1)
+        except OSError:
+            return ""
+        text, deadline = "", time.monotonic() + _STACK_WAIT
+        while time.monotonic() < deadline:
+            time.sleep(0.02)
+            with open(child.dump_path) as dump:
+                now = dump.read()
+            if now and now == text:
+                break  # stopped growing: the dump is complete
+            text = now
+        return _main_thread_stack(text, child.main_ident)
+
+    def fail(self, busy: Busy, error: BaseException, *, retry: bool = False) -> bool:
+        child, run = busy.handle
+        with self._lock:
+            if child.running is not run:
+                return False  # finished (or died) first
+            child.running = None
+            child.doomed = True
+            requeue = retry and run.attempts <= self._retries
+            if requeue:
+                run.attempts += 1
+                self._pending.appendleft(run)
+        with contextlib.suppress(ProcessLookupError, OSError):
+            os.kill(child.pid, signal.SIGKILL)
+        if requeue:
+            logger.warning(
+                "steadypool: %s; retrying it (attempt %d of %d)",
+                error,
+                run.attempts,
+                self._retries + 1,
+            )
+        else:
+            run.task[4].put((run.task[0], False, error, child.worker))
+        self._wake()
+        return True
+
+    def counts(self) -> tuple[int, int]:
+        return sum(c.items for c in self._children), len(self._pending)
+
+    def worker_stats(self) -> tuple[tuple[WorkerStats, ...], int, int]:
+        children = list(self._children)
+        stats = []
+        for worker in self._workers:
+            mine = [c for c in children if c.worker.index == worker.index]
+            stats.append(
+                WorkerStats(
+                    index=worker.index,
+                    device=worker.device,
+                    items=sum(c.items for c in mine),
+                    failed=sum(c.failed for c in mine),
+                    busy_seconds=sum(c.busy for c in mine),
+                    queue_wait_seconds=sum(c.waited for c in mine),
+                    replaced=max(0, len(mine) - 1),
+                )
+            )
+        return tuple(stats), 0, max(0, len(children) - len(self._workers))
+
+    # --- the manager thread ------------------------------------------------------------------
+
+    def _manage(self) -> None:
+        try:
+            for worker in self._workers:
+                self._spawn(worker)
+            while True:
+                self._dispatch()
+                if self._finished():
+                    return
+                by_handle: dict[Any, tuple[str, _Child | None]] = {self._wake_r: ("wake", None)}
+                for child in self._live.values():
+                    by_handle[child.process.sentinel] = ("died", child)
+                    if child.sock is not None:
+                        by_handle[child.sock] = ("message", child)
+                # Wake-up path: a message, a death, or the wake pipe (see module docstring).
+                # Messages first: a child's last result must be read before its death.
+                ready = sorted(wait(list(by_handle)), key=lambda h: _ORDER[by_handle[h][0]])
+                for handle in ready:
+                    what, found = by_handle[handle]
+                    if what == "wake":
+                        with contextlib.suppress(BlockingIOError):
+                            os.read(self._wake_r, 4096)
+                    elif found is not None and found is self._live.get(found.worker.index):
+                        if what == "message":
+                            self._receive(found)
+                        else:
+                            self._reap(found)
+        except BaseException as exc:
+            logger.exception("steadypool: the manager of process pool %r failed", self.name)
+            broken = BrokenPool(f"the manager of process pool {self.name!r} failed: {exc!r}")
+            broken.__cause__ = exc
+            self._break(broken)
+        finally:
+            self._stop_children()
+
+    def _finished(self) -> bool:
+        with self._lock:
+            idle = all(c.running is None for c in self._live.values())
+            return self._closed and not self._pending and idle
+
+    def _spawn(self, worker: Worker) -> None:
+        child = _Child(worker)
+        seen, env = _child_view(worker.device)
+        parent_sock, child_sock = socket.socketpair()
+        parent_life, child_life = socket.socketpair()
+        generation = sum(1 for c in self._children if c.worker.index == worker.index)
+        child.dump_path = os.path.join(self._dump_dir, f"w{worker.index}.{generation}.stack")
+        open(child.dump_path, "w").close()
+        child.process = self._context.Process(
+            target=child_main,
+            args=(
+                child_sock,
+                child_life,
+                Worker(worker.index, seen),
+                env,
+                self._setup,
+                child.dump_path,
+                os.getpid(),
+            ),
+            name=f"steadypool-{self.name}-w{worker.index}"
+            + (f".{generation}" if generation else ""),
+            daemon=False,  # workers may start processes of their own
+        )
+        child.process.start()
+        child_sock.close()
+        child_life.close()
+        child.sock, child.lifeline, child.pid = parent_sock, parent_life, child.process.pid
+        self._children.append(child)
+        self._live[worker.index] = child
+
+    def _dispatch(self) -> None:
+        for child in list(self._live.values()):
+            if not child.ready or child.running is not None or child.doomed:
+                continue
+            with self._lock:
+                run = None
+                while self._pending:
+                    candidate = self._pending.popleft()
+                    if candidate.begun or candidate.task[4].begin(candidate.task[0]):
+                        candidate.begun = True
+                        run = candidate
+                        break
+                if run is None:
+                    return
+                run.started = time.monotonic()
+                child.running = run
+            child.waited += run.started - run.task[5]
+            known = run.fn_id in child.fn_ids
+            child.fn_ids[run.fn_id] = None
+            child.fn_ids.move_to_end(run.fn_id)
+            while len(child.fn_ids) > FN_CACHE // 2:
+                child.fn_ids.popitem(last=False)
+            envelope = ("task", run.task_id, run.fn_id, None if known else run.fn_bytes)
+            try:
+                assert child.sock is not None
+                _remote.send_frames(child.sock, [pickle.dumps(envelope), *run.frames])
+            except OSError:
+                pass  # the child died: its sentinel comes next and _reap handles the run
+
+    def _receive(self, child: _Child) -> None:
+        assert child.sock is not None
+        try:
+            frames = _remote.recv_frames(child.sock)
+        except (EOFError, OSError):
+            child.sock.close()
+            child.sock = None  # it is ending; the sentinel follows
+            return
+        tag = pickle.loads(frames[0])
+        if tag[0] == "ready":
+            child.ready, child.pid, child.main_ident = True, tag[1], tag[2]
+            self._start_failures.pop(child.worker.index, None)
+            return
+        if tag[0] == "setup_failed":
+            exc, text = _remote.loads(frames[1:])
+            broken = BrokenPool(
+                f"setup(worker) raised {type(exc).__name__}: {exc} on "
+                f"{describe(child.worker.index, child.worker.device)} of pool {self.name!r} "
+                f"(pid {child.pid}); the pool cannot run tasks. Fix setup (its traceback "
+                "is the cause below) and create a new Pool.",
+                worker=child.worker,
+            )
+            broken.__cause__ = _remote.rebuild_exception(exc, text)
+            self._break(broken)
+            return
+        finished = time.monotonic()
+        with self._lock:
+            run = child.running
+            if run is None or run.task_id != tag[1]:
+                return  # claimed by the watchdog meanwhile: its outcome is delivered
+            child.running = None
+        child.busy += finished - run.started
+        child.items += 1
+        self.last_done = finished
+        key, owner = run.task[0], run.task[4]
+        try:
+            value = _remote.loads(frames[1:])
+        except Exception as why:
+            error = pickle.UnpicklingError(
+                f"the {'result' if tag[0] == 'ok' else 'exception'} sent back by "
+                f"{describe(child.worker.index, child.worker.device)} could not be "
+                f"unpickled here: {type(why).__name__}: {why}"
+            )
+            owner.put((key, False, error, child.worker))
+            return
+        if tag[0] == "ok":
+            owner.put((key, True, value, child.worker))
+        else:
+            child.failed += 1
+            exc, text = value
+            owner.put((key, False, _remote.rebuild_exception(exc, text), child.worker))
+
+    def _reap(self, child: _Child) -> None:
+        """A child ended: fail or retry its item, and start a replacement."""
+        child.process.join(_JOIN_SLICE)
+        exitcode = child.process.exitcode
+        with self._lock:
+            run, child.running = child.running, None
+            requeue = run is not None and run.attempts <= self._retries
+            if run is not None and requeue:
+                run.attempts += 1
+                self._pending.appendleft(run)
+        self._close_child(child)
+        del self._live[child.worker.index]
+        if run is not None and not child.doomed:
+            where = describe(child.worker.index, child.worker.device)
+            item = (
+                "a submitted task"
+                if run.task[4].position(run.task[0]) is None
+                else (f"item {run.task[4].position(run.task[0])}")
+            )
+            crash = WorkerCrashed(
+                f"{where} (pid {child.pid}) died with {_remote.describe_exit(exitcode)} "
+                f"while running {item}; likely cause: {_remote.likely_cause(exitcode)}. "
+                + (
+                    f"Retrying it (attempt {run.attempts} of {self._retries + 1}); "
+                    if requeue
+                    else "The item failed; "
+                )
+                + "a fresh worker process takes this one's place.",
+                exitcode=exitcode,
+                worker=child.worker,
+            )
+            if requeue:
+                logger.warning("steadypool: %s", crash)
+            else:
+                run.task[4].put((run.task[0], False, crash, child.worker))
+        elif not child.ready and not child.doomed and self._broken is None:
+            failures = self._start_failures.get(child.worker.index, 0) + 1
+            self._start_failures[child.worker.index] = failures
+            if failures >= _START_FAILURES:
+                self._break(
+                    BrokenPool(
+                        f"worker process {child.worker.index} of pool {self.name!r} died "
+                        f"{failures} times while starting, last with "
+                        f"{_remote.describe_exit(exitcode)}; the pool cannot run tasks. Likely "
+                        f"cause: {_remote.likely_cause(exitcode)}"
+                    )
+                )
+        with self._lock:
+            needed = self._broken is None and not (self._closed and not self._pending)
+        if needed:
+            self._spawn(child.worker)
+
+    def _break(self, broken: BrokenPool) -> None:
+        with self._lock:
+            if self._broken is None:
+                self._broken = broken
+            dropped = list(self._pending)
+            self._pending.clear()
+        for run in dropped:
+            run.task[4].put((run.task[0], False, self._broken, None))
+
+    def _close_child(self, child: _Child) -> None:
+        for sock in (child.sock, child.lifeline):
+            if sock is not None:
+                sock.close()
+        child.sock = child.lifeline = None
+        with contextlib.suppress(OSError):
+            os.unlink(child.dump_path)
+
+    def _stop_children(self) -> None:
+        """Ask every child to stop, then kill what has not exited in time (manager only)."""
+        live = list(self._live.values())
+        for child in live:
+            if child.sock is not None:
+                with contextlib.suppress(OSError):
+                    _remote.send_frames(child.sock, [pickle.dumps(("stop",))])
+        deadline = time.monotonic() + _STOP_GRACE
+        for child in live:
+            child.process.join(max(0.0, deadline - time.monotonic()))
+            if child.process.is_alive():
+                child.process.kill()
+                child.process.join(_STOP_GRACE)
+            self._close_child(child)
+            # Items still running when the pool gave up on them (e.g. shutdown by a
+            # failed manager) must not leave their owners waiting.
+            run, child.running = child.running, None
+            if run is not None:
+                run.task[4].put(
+                    (
+                        run.task[0],
+                        False,
+                        WorkerCrashed(f"the pool {self.name!r} stopped while the item was running"),
+                        None,
+                    )
+                )
+        self._live.clear()
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        with contextlib.suppress(OSError):
+            os.rmdir(self._dump_dir)
+        _live_backends.discard(self)
+
+
+def _main_thread_stack(dump: str, ident: int) -> str:
+    """The block of a faulthandler dump that belongs to the child's main thread."""
+    blocks = [b for b in dump.split("\n\n") if b.strip()]
+    marker = f"0x{ident:016x}"
+    for block in blocks:
+        if marker in block.splitlines()[0]:
+            return "(worker process stack, most recent call first)\n" + block.split("\n", 1)[-1]
+    return dump
+
+
+def _argument_error(
+    args: tuple[Any, ...], kwargs: dict[str, Any] | None, why: Exception
+) -> Exception:
+    """Name the argument that cannot be pickled (only called on the error path)."""
+    named = [(f"argument {i}", a) for i, a in enumerate(args)]
+    named += [(f"keyword argument {k!r}", v) for k, v in (kwargs or {}).items()]
+    for label, value in named:
+        try:
+            cloudpickle.dumps(value, protocol=5)
+        except Exception as inner:
+            text = repr(value)
+            text = text if len(text) <= 80 else text[:77] + "..."
+            error = pickle.PicklingError(
+                f"{label}, {text} ({type(value).__qualname__}), cannot be sent to a worker "
+                f"process: {type(inner).__name__}: {inner}"
+            )
+            error.__cause__ = inner
+            return error
+    error = pickle.PicklingError(f"the arguments cannot be sent to a worker process: {why}")
+    error.__cause__ = why
+    return error
+
+
+def _kill_all_at_exit() -> None:
+    """At interpreter exit, kill the children of pools never shut down (before
+    multiprocessing's own exit hook joins them, which would wait on their tasks)."""
+    for backend in list(_live_backends):
+        for child in list(backend._live.values()):
+            with contextlib.suppress(Exception):
+                child.process.kill()
+
+
+import atexit  # noqa: E402 - registered after multiprocessing's hook, so it runs first
+
+atexit.register(_kill_all_at_exit)
+
+BACKEND = ProcessBackend

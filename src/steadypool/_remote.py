@@ -1,0 +1,161 @@
+"""What crosses a process boundary: framing, pickling, remote exceptions, exit codes.
+
+Messages travel over a stream socket as *frames*: a count, the sizes, then the bytes of
+each frame.  `dumps` pickles with protocol 5 and hands large buffers (numpy arrays)
+out of band, so they are written straight from the array's memory and read straight
+into a fresh, writable `bytearray`: one copy through the kernel, none in Python.
+Functions and closures are pickled with cloudpickle.
+"""
+
+from __future__ import annotations
+
+import pickle
+import signal
+import struct
+import traceback
+from typing import TYPE_CHECKING, Any
+
+import cloudpickle
+
+from ._exceptions import RemoteError
+
+if TYPE_CHECKING:
+    import socket
+    from collections.abc import Sequence
+
+__all__ = [
+    "RemoteTraceback",
+    "describe_exit",
+    "dumps",
+    "exception_payload",
+    "loads",
+    "rebuild_exception",
+    "recv_frames",
+    "send_frames",
+]
+
+_COUNT = struct.Struct("<I")
+_OOB_MIN = 64 * 1024  # buffers smaller than this travel in-band: a frame costs a syscall
+
+
+def dumps(obj: Any) -> list[bytes | memoryview]:
+    """Pickle `obj` (cloudpickle, protocol 5) into frames: the pickle, then big buffers."""
+    buffers: list[pickle.PickleBuffer] = []
+
+    def out_of_band(buffer: pickle.PickleBuffer) -> bool:
+        # Returning True keeps a buffer in-band; False sends it as a frame of its own.
+        try:
+            size = buffer.raw().nbytes
+        except BufferError:  # not contiguous
+            return True
+        if size < _OOB_MIN:
+            return True
+        buffers.append(buffer)
+        return False
+
+    header = cloudpickle.dumps(obj, protocol=5, buffer_callback=out_of_band)
+    return [header, *(b.raw() for b in buffers)]
+
+
+def loads(frames: Sequence[bytes | bytearray | memoryview]) -> Any:
+    """Unpickle what `dumps` produced."""
+    return pickle.loads(frames[0], buffers=frames[1:])
+
+
+def send_frames(sock: socket.socket, frames: Sequence[bytes | memoryview]) -> None:
+    """Write one message of frames; large frames are sent from their own memory."""
+    sizes = [len(f) if isinstance(f, bytes) else f.nbytes for f in frames]
+    head = _COUNT.pack(len(frames)) + struct.pack(f"<{len(frames)}Q", *sizes)
+    small = [f for f, n in zip(frames, sizes, strict=True) if n < _OOB_MIN]
+    if len(small) == len(frames):
+        sock.sendall(head + b"".join(small))  # one syscall for a small message
+        return
+    sock.sendall(head)
+    for frame in frames:
+        sock.sendall(frame)
+
+
+def _recv_exact(sock: socket.socket, size: int) -> bytearray:
+    buf = bytearray(size)
+    view = memoryview(buf)
+    got = 0
+    while got < size:
+        n = sock.recv_into(view[got:], size - got)
+        if n == 0:
+            raise EOFError("the other end closed the connection")
+        got += n
+    return buf
+
+
+def recv_frames(sock: socket.socket) -> list[bytearray]:
+    """Read one message written by `send_frames` (EOFError when the peer is gone)."""
+    (count,) = _COUNT.unpack(_recv_exact(sock, _COUNT.size))
+    sizes = struct.unpack(f"<{count}Q", _recv_exact(sock, 8 * count))
+    return [_recv_exact(sock, size) for size in sizes]
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised in a worker process (set as ``__cause__``)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.text}"""'
+
+
+def exception_payload(exc: BaseException) -> tuple[Any, str]:
+    """In the child: (the exception if it pickles, else a `RemoteError`, its traceback)."""
+    text = "".join(traceback.format_exception(exc))
+    try:
+        cloudpickle.dumps(exc, protocol=5)
+    except Exception as why:
+        substitute = RemoteError(
+            type_name=f"{type(exc).__module__}.{type(exc).__qualname__}",
+            message=str(exc),
+            traceback_text=text,
+            reason=f"{type(why).__name__}: {why}",
+        )
+        return substitute, text
+    return exc, text
+
+
+def rebuild_exception(exc: BaseException, text: str) -> BaseException:
+    """In the parent: attach the remote traceback as ``__cause__``."""
+    exc.__cause__ = RemoteTraceback(text)
+    return exc
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """``SIGKILL (-9)``, ``exit code 3``: how a process ended."""
+    if exitcode is None:
+        return "an unknown exit"
+    if exitcode < 0:
+        try:
+            return f"{signal.Signals(-exitcode).name} ({exitcode})"
+        except ValueError:
+            return f"signal {-exitcode} ({exitcode})"
+    return f"exit code {exitcode}"
+
+
+LIKELY_CAUSES = {
+    -signal.SIGKILL: (
+        "killed from outside, or by the kernel's out-of-memory killer ('dmesg' shows "
+        "'Killed process' then); lower the window or batch size if memory is the cause"
+    ),
+    -signal.SIGSEGV: (
+        "a segmentation fault in native code (a C extension, a CUDA driver or kernel, "
+        "ctypes); run the item alone with faulthandler enabled to see where"
+    ),
+    -signal.SIGABRT: "an abort in native code (a failed assertion, a CUDA error)",
+    -signal.SIGTERM: "terminated from outside (a scheduler, a time limit)",
+    -signal.SIGBUS: "a bus error (a truncated memory-mapped file, exhausted /dev/shm)",
+}
+
+
+def likely_cause(exitcode: int | None) -> str:
+    """A sentence on what usually makes a process end like that."""
+    if exitcode is not None and exitcode in LIKELY_CAUSES:
+        return LIKELY_CAUSES[exitcode]
+    return "the task (or a library it called) ended the process, e.g. with os._exit()"
