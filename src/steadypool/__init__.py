@@ -2,8 +2,10 @@
 
 from ._diagnose import diagnose as diagnose
 from ._exceptions import BrokenPool as BrokenPool
+from ._exceptions import RemoteError as RemoteError
 from ._exceptions import StallError as StallError
 from ._exceptions import TaskTimeout as TaskTimeout
+from ._exceptions import WorkerCrashed as WorkerCrashed
 from ._pool import Pool as Pool
 from ._stats import PoolStats as PoolStats
 from ._stats import WorkerStats as WorkerStats
@@ -19,10 +21,12 @@ __all__ = (
     "BusyWorker",
     "Pool",
     "PoolStats",
+    "RemoteError",
     "StallError",
     "StallReport",
     "TaskTimeout",
     "Worker",
+    "WorkerCrashed",
     "WorkerStats",
     "current_worker",
     "diagnose",

@@ -166,8 +166,11 @@ class PoolClosed(RuntimeError):
 def add_task_note(exc: BaseException, position: int | None, worker: Worker | None) -> None:
     """Note on a task's exception where it came from: input position and worker.
 
-    The exception keeps its type and traceback; only the note is added.
+    The exception keeps its type and traceback; only the note is added.  Failures of
+    the pool itself (`BrokenPool`, shared by every item it fails) get no note.
     """
+    if isinstance(exc, BrokenPool):
+        return
     where = "a task" if position is None else f"the task for input position {position}"
     if worker is not None:
         from ._worker import describe

@@ -38,13 +38,16 @@ FN_CACHE = 256  # functions a child keeps; the parent assumes at most half of th
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent(parent_pid: int, lifeline: socket.socket) -> None:
+def _die_with_parent(parent_pid: int | None, lifeline: socket.socket) -> None:
+    """Never outlive the pool's process.  `parent_pid` is our parent under spawn (None
+    under forkserver, where the parent is the fork server, which exits with the pool's
+    process)."""
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             libc = ctypes.CDLL(None, use_errno=True)
             libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(1)
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(1)  # the parent died before prctl took effect
 
     def watch() -> None:
         with contextlib.suppress(OSError):
@@ -79,7 +82,7 @@ def child_main(
     env: dict[str, str],
     setup: bytes | None,
     dump_path: str,
-    parent_pid: int,
+    parent_pid: int | None,
 ) -> None:
     """Run one worker: set up, then serve tasks until told to stop or the parent goes."""
     _die_with_parent(parent_pid, lifeline)

@@ -393,7 +393,8 @@ class ProcessBackend(Backend):
                 env,
                 self._setup,
                 child.dump_path,
-                os.getpid(),
+                # Under forkserver our parent is the fork server, not this process.
+                os.getpid() if self._context.get_start_method() == "spawn" else None,
             ),
             name=f"steadypool-{self.name}-w{worker.index}"
             + (f".{generation}" if generation else ""),
