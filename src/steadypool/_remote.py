@@ -39,7 +39,12 @@ _OOB_MIN = 64 * 1024  # buffers smaller than this travel in-band: a frame costs 
 
 
 def dumps(obj: Any) -> list[bytes | memoryview]:
-    """Pickle `obj` (cloudpickle, protocol 5) into frames: the pickle, then big buffers."""
+    """Pickle `obj` (protocol 5) into frames: the pickle, then its big buffers.
+
+    Plain pickle first (4-7x faster than cloudpickle on data); cloudpickle when that
+    fails (lambdas, closures) or refers to ``__main__``, which a spawned worker may not
+    be able to import (``python -c``, notebooks): cloudpickle sends those by value.
+    """
     buffers: list[pickle.PickleBuffer] = []
 
     def out_of_band(buffer: pickle.PickleBuffer) -> bool:
@@ -53,6 +58,13 @@ def dumps(obj: Any) -> list[bytes | memoryview]:
         buffers.append(buffer)
         return False
 
+    try:
+        header = pickle.dumps(obj, protocol=5, buffer_callback=out_of_band)
+        if b"__main__" not in header:
+            return [header, *(b.raw() for b in buffers)]
+    except Exception:
+        pass
+    buffers.clear()
     header = cloudpickle.dumps(obj, protocol=5, buffer_callback=out_of_band)
     return [header, *(b.raw() for b in buffers)]
 
