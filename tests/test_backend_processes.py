@@ -333,3 +333,24 @@ def test_children_never_outlive_the_parent(how: str, tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.communicate(timeout=WAIT)  # also closes the pipes
+
+
+@pytest.mark.parametrize("fault", ["os_exit", "timeout"])
+def test_crash_with_a_prefetched_item_behind_it_loses_nothing(fault: str, gate: Gate) -> None:
+    """Once tasks are short the child holds a second task behind the running one; when
+    it dies (or is killed), that one never started: it runs again, and only the bad
+    item fails."""
+
+    def task(x: int) -> int:
+        if x == 150:
+            if fault == "os_exit":
+                os._exit(5)
+            hang(gate)
+        return x
+
+    options = {"task_timeout": 1.0} if fault == "timeout" else {}
+    with sp.Pool(1, backend="processes", **options) as pool:  # type: ignore[arg-type]
+        out = list(pool.imap(task, range(300), window=8, on_error="return"))
+    expected_error = sp.WorkerCrashed if fault == "os_exit" else sp.TaskTimeout
+    assert isinstance(out[150], expected_error)
+    assert [x for i, x in enumerate(out) if i != 150] == [x for x in range(300) if x != 150]

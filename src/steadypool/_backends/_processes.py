@@ -16,7 +16,10 @@ Who owns what:
   `child.running`.  Whoever moves a `child.running` from a run to None owns that
   run's outcome: the manager when its result or the child's death arrives, `fail()`
   when the watchdog claims it.  So every item gets exactly one outcome.
-* Each child runs one task at a time, so a dead child names exactly one item.
+* Each child runs its tasks one at a time, in the order sent: `running`, then at most
+  one `queued` behind it (prefetched while tasks are short, so a child never waits for
+  the manager between two tiny tasks).  A dead child therefore names exactly one item
+  (`running`); its `queued` one never started and goes back to the queue as it was.
 
 What wakes the manager (one `multiprocessing.connection.wait` on all of them): a
 message or EOF on a child's socket, a child's sentinel (it ended), or a byte on the
@@ -66,6 +69,7 @@ _START_FAILURES = 3  # consecutive deaths of one index before it runs a task: br
 _pool_ids = itertools.count()
 _task_ids = itertools.count()
 _live_backends: set[ProcessBackend] = set()  # for the exit hook; guarded by the GIL
+_PREFETCH_BELOW = 0.005  # seconds: prefetch a second task while tasks average less
 _ORDER = {"wake": 0, "message": 1, "died": 2}
 
 
@@ -99,6 +103,7 @@ class _Child:
         "main_ident",
         "pid",
         "process",
+        "queued",
         "ready",
         "running",
         "sock",
@@ -112,7 +117,8 @@ class _Child:
         self.sock: socket.socket | None = None
         self.lifeline: socket.socket | None = None
         self.dump_path = ""
-        self.running: _Run | None = None
+        self.running: _Run | None = None  # the task the child is running
+        self.queued: _Run | None = None  # sent behind it, not started yet
         self.fn_ids: OrderedDict[int, None] = OrderedDict()  # what the child has cached
         self.ready = False
         self.doomed = False  # killed on purpose (watchdog): its death is not a crash
@@ -168,6 +174,7 @@ class ProcessBackend(Backend):
         self._children: list[_Child] = []  # every child ever (stats); live ones below
         self._live: dict[int, _Child] = {}  # worker index -> its current child
         self._start_failures: dict[int, int] = {}
+        self._task_time = 1.0  # moving average of task durations (manager only)
         self._dump_dir = tempfile.mkdtemp(prefix="steadypool-")
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -296,6 +303,9 @@ class ProcessBackend(Backend):
                 return False  # finished (or died) first
             child.running = None
             child.doomed = True
+            if child.queued is not None:  # never started: back to the queue as it was
+                self._pending.appendleft(child.queued)
+                child.queued = None
             requeue = retry and run.attempts <= self._retries
             if requeue:
                 run.attempts += 1
@@ -373,7 +383,7 @@ class ProcessBackend(Backend):
 
     def _finished(self) -> bool:
         with self._lock:
-            idle = all(c.running is None for c in self._live.values())
+            idle = all(c.running is None and c.queued is None for c in self._live.values())
             return self._closed and not self._pending and idle
 
     def _spawn(self, worker: Worker) -> None:
@@ -408,33 +418,42 @@ class ProcessBackend(Backend):
         self._live[worker.index] = child
 
     def _dispatch(self) -> None:
+        prefetch = self._task_time < _PREFETCH_BELOW
         for child in list(self._live.values()):
-            if not child.ready or child.running is not None or child.doomed:
+            if not child.ready or child.doomed:
                 continue
-            with self._lock:
-                run = None
-                while self._pending:
-                    candidate = self._pending.popleft()
-                    if candidate.begun or candidate.task[4].begin(candidate.task[0]):
-                        candidate.begun = True
-                        run = candidate
-                        break
-                if run is None:
-                    return
-                run.started = time.monotonic()
-                child.running = run
-            child.waited += run.started - run.task[5]
-            known = run.fn_id in child.fn_ids
-            child.fn_ids[run.fn_id] = None
-            child.fn_ids.move_to_end(run.fn_id)
-            while len(child.fn_ids) > FN_CACHE // 2:
-                child.fn_ids.popitem(last=False)
-            envelope = ("task", run.task_id, run.fn_id, None if known else run.fn_bytes)
-            try:
-                assert child.sock is not None
-                _remote.send_frames(child.sock, [pickle.dumps(envelope), *run.frames])
-            except OSError:
-                pass  # the child died: its sentinel comes next and _reap handles the run
+            while child.running is None or (prefetch and child.queued is None):
+                with self._lock:
+                    run = None
+                    while self._pending:
+                        candidate = self._pending.popleft()
+                        if candidate.begun or candidate.task[4].begin(candidate.task[0]):
+                            candidate.begun = True
+                            run = candidate
+                            break
+                    if run is None:
+                        return
+                    now = time.monotonic()
+                    if child.running is None:
+                        run.started = now
+                        child.running = run
+                    else:
+                        child.queued = run
+                child.waited += now - run.task[5]
+                self._send_task(child, run)
+
+    def _send_task(self, child: _Child, run: _Run) -> None:
+        known = run.fn_id in child.fn_ids
+        child.fn_ids[run.fn_id] = None
+        child.fn_ids.move_to_end(run.fn_id)
+        while len(child.fn_ids) > FN_CACHE // 2:
+            child.fn_ids.popitem(last=False)
+        envelope = ("task", run.task_id, run.fn_id, None if known else run.fn_bytes)
+        try:
+            assert child.sock is not None
+            _remote.send_frames(child.sock, [pickle.dumps(envelope), *run.frames])
+        except OSError:
+            pass  # the child died: its sentinel comes next and _reap handles the run
 
     def _receive(self, child: _Child) -> None:
         assert child.sock is not None
@@ -466,7 +485,10 @@ class ProcessBackend(Backend):
             run = child.running
             if run is None or run.task_id != tag[1]:
                 return  # claimed by the watchdog meanwhile: its outcome is delivered
-            child.running = None
+            child.running, child.queued = child.queued, None
+            if child.running is not None:
+                child.running.started = finished  # the child starts it right away
+        self._task_time = 0.8 * self._task_time + 0.2 * (finished - run.started)
         child.busy += finished - run.started
         child.items += 1
         self.last_done = finished
@@ -494,6 +516,9 @@ class ProcessBackend(Backend):
         exitcode = child.process.exitcode
         with self._lock:
             run, child.running = child.running, None
+            if child.queued is not None:  # never started: back to the queue as it was
+                self._pending.appendleft(child.queued)
+                child.queued = None
             requeue = run is not None and run.attempts <= self._retries
             if run is not None and requeue:
                 run.attempts += 1
@@ -573,16 +598,13 @@ class ProcessBackend(Backend):
             self._close_child(child)
             # Items still running when the pool gave up on them (e.g. shutdown by a
             # failed manager) must not leave their owners waiting.
-            run, child.running = child.running, None
-            if run is not None:
-                run.task[4].put(
-                    (
-                        run.task[0],
-                        False,
-                        WorkerCrashed(f"the pool {self.name!r} stopped while the item was running"),
-                        None,
+            for run in (child.running, child.queued):
+                if run is not None:
+                    stopped = WorkerCrashed(
+                        f"the pool {self.name!r} stopped while the item was running"
                     )
-                )
+                    run.task[4].put((run.task[0], False, stopped, None))
+            child.running = child.queued = None
         self._live.clear()
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
