@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import os
-import platform
 import sys
 import threading
-from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 from ._exceptions import StallError, TaskTimeout
@@ -18,6 +16,8 @@ __all__ = ["diagnose"]
 
 
 def _version(package: str) -> str:
+    from importlib import metadata  # imported here: 30 ms every worker process would pay
+
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
@@ -46,6 +46,8 @@ def diagnose(report: StallReport | BaseException | None = None) -> str:
 
     Never imports torch: CUDA devices are listed only if torch is already imported.
     """
+    import platform
+
     from . import __version__
 
     threads = [t.name for t in threading.enumerate() if t.name.startswith("steadypool-")]
