@@ -396,11 +396,11 @@ def test_setup_runs_once_per_worker_and_tasks_see_their_state(backend: str, tmp_
 
 def test_devices_give_one_worker_per_entry(backend: str) -> None:
     """devices= pins worker i to devices[i]; repeats put several workers on one device."""
-    with sp.Pool(devices=["cpu", "cpu:0", "CUDA"], backend=backend, setup=lambda w: 0) as pool:
+    with sp.Pool(devices=["cpu", "CPU:0", "cpu"], backend=backend, setup=lambda w: 0) as pool:
         assert pool.workers == 3
-        assert pool.devices == ("cpu", "cpu:0", "cuda:0")
+        assert pool.devices == ("cpu", "cpu:0", "cpu")
         seen = set(pool.map(lambda _: sp.current_worker().device, range(30)))
-    assert seen <= {"cpu", "cpu:0", "cuda:0"}
+    assert seen <= {"cpu", "cpu:0"}
 
 
 def test_current_worker_outside_a_task_says_so() -> None:

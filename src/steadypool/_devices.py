@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+from typing import Any
 
-__all__ = ["parse_devices"]
+__all__ = ["activate", "check_available", "parse_devices"]
 
 _KINDS = ("cpu", "cuda", "mps", "xpu")
 _PATTERN = re.compile(r"^(?P<kind>[a-z]+)(?::(?P<index>\d+))?$")
@@ -50,3 +51,58 @@ def parse_devices(devices: Sequence[str]) -> tuple[str, ...]:
     if not parsed:
         raise ValueError("devices must name at least one device, got an empty list")
     return parsed
+
+
+def check_available(devices: Sequence[str | None]) -> None:
+    """Refuse devices this machine does not have, before any worker starts.
+
+    Only imports torch when a ``cuda``/``mps``/``xpu`` device is asked for.
+
+    Raises:
+        ValueError: A device is missing, saying which devices there are.
+    """
+    wanted = sorted({d for d in devices if d is not None and not d.startswith("cpu")})
+    if not wanted:
+        return
+    try:
+        import torch
+    except ImportError:
+        raise ValueError(
+            f"devices {wanted} need torch, which is not installed; install the 'torch' "
+            "extra, or use 'cpu' devices"
+        ) from None
+    available = ["cpu"]
+    if torch.cuda.is_available():
+        available += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        available.append("mps")
+    xpu = getattr(torch, "xpu", None)
+    if xpu is not None and xpu.is_available():
+        available += [f"xpu:{i}" for i in range(xpu.device_count())]
+    missing = [
+        d for d in wanted if d not in available and not (d == "mps:0" and "mps" in available)
+    ]
+    if missing:
+        raise ValueError(
+            f"device{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+            f"{'are' if len(missing) > 1 else 'is'} not available on this machine; "
+            f"available: {', '.join(available)}"
+        )
+
+
+def activate(device: str | None) -> None:
+    """Make `device` current in the calling thread, with a CUDA stream of its own.
+
+    Called once when a worker thread (or worker process) starts, before `setup`: the
+    current CUDA device and the current stream are per thread in CUDA and PyTorch, so
+    every later task of the worker runs on its device and stream at no cost per task.
+    CPU devices (and no device) need nothing.
+    """
+    if device is None or not device.startswith("cuda"):
+        return
+    import torch
+
+    cuda: Any = torch.cuda
+    index = int(device.split(":", 1)[1])
+    cuda.set_device(index)
+    cuda.set_stream(cuda.Stream(index))

@@ -17,7 +17,7 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from ._backends import get_backend
-from ._devices import parse_devices
+from ._devices import check_available, parse_devices
 from ._exceptions import add_task_note
 from ._stats import PoolStats
 from ._stream import run_stream
@@ -130,7 +130,10 @@ class Pool(Executor):
             ``min(32, cpu_count + 4)`` threads.
         devices: Pin one worker to each entry (``["cuda:0", "cuda:1"]``); an entry may
             repeat to put several workers on one device.  Tasks and `setup` see it as
-            ``current_worker().device``.
+            ``current_worker().device``, and run with it current: on threads a CUDA
+            worker sets its device and a CUDA stream of its own once, when it starts;
+            on processes each worker process sees only its device (as ``cuda:0``).
+            A device this machine lacks is refused before any worker starts.
         setup: Called once in each worker, before its first task, as ``setup(worker)``;
             what it returns is ``worker.state`` (a model replica, a connection).  If it
             raises, the pool is broken: everything queued and submitted after fails
@@ -213,6 +216,7 @@ class Pool(Executor):
             parsed = (None,) * count
         if setup is not None:
             _check_callable("setup", setup)
+        check_available(parsed)
         self._progress = bool(progress)
         self._workers = tuple(Worker(i, device) for i, device in enumerate(parsed))
         self._backend: Backend = backend_class(

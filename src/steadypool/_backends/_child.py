@@ -26,6 +26,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from .. import _remote
+from .._devices import activate
 from .._worker import Worker, bind
 
 if TYPE_CHECKING:
@@ -91,6 +92,11 @@ def child_main(
     dump = open(dump_path, "w")  # noqa: SIM115 - lives as long as the process
     faulthandler.register(signal.SIGUSR1, file=dump, all_threads=True, chain=False)
     bind(worker)
+    try:
+        activate(worker.device)  # "cuda:0": the only device this process can see
+    except BaseException as exc:
+        _send_error(sock, "setup_failed", -1, exc)
+        return
     if setup is not None:
         try:
             worker = worker.with_state(pickle.loads(setup)(worker))

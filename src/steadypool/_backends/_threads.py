@@ -42,6 +42,7 @@ import traceback
 from queue import Empty, SimpleQueue
 from typing import TYPE_CHECKING, Any
 
+from .._devices import activate
 from .._exceptions import BrokenPool, PoolClosed
 from .._stats import WorkerStats
 from .._worker import Worker, bind, describe
@@ -184,7 +185,11 @@ class ThreadBackend(Backend):
         """Body of one worker thread: setup, then tasks until a stop sentinel."""
         worker = slot.worker
         bind(worker)
-        if self._setup is not None:
+        try:
+            activate(worker.device)
+        except BaseException as exc:  # a device that fails to start breaks the pool
+            self._break(worker, exc)
+        if self._setup is not None and self._broken is None:
             try:
                 worker = slot.worker = worker.with_state(self._setup(worker))
                 bind(worker)

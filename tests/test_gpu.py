@@ -1,0 +1,81 @@
+"""Device workers on real GPUs (run where CUDA is available: `pytest -m gpu`)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import steadypool as sp
+
+torch = pytest.importorskip("torch")
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+WAIT = 60.0
+
+
+def _where(_: int) -> tuple[str | None, int, bool, str]:
+    stream = torch.cuda.current_stream()
+    on_default = stream == torch.cuda.default_stream()
+    x = torch.ones(256, 256, device="cuda")
+    return sp.current_worker().device, torch.cuda.current_device(), on_default, str((x @ x).device)
+
+
+def test_thread_workers_run_on_their_device_and_own_stream() -> None:
+    """On threads, each CUDA worker's tasks run with its device current and on a
+    stream of its own (not the default stream shared by everyone)."""
+    count = torch.cuda.device_count()
+    devices = [f"cuda:{i % count}" for i in range(2)]
+    with sp.Pool(devices=devices) as pool:
+        seen = set(pool.map(_where, range(40)))
+    for device, current, on_default, tensor_device in seen:
+        assert device is not None
+        assert current == int(device.split(":")[1])
+        assert not on_default
+        assert tensor_device == device
+
+
+def test_process_workers_see_only_their_device() -> None:
+    """On processes, a worker for cuda:N sees one GPU, as cuda:0."""
+    last = torch.cuda.device_count() - 1
+
+    def probe(_: int) -> tuple[str | None, str | None, int]:
+        import torch as t
+
+        return (
+            sp.current_worker().device,
+            os.environ.get("CUDA_VISIBLE_DEVICES"),
+            (t.cuda.device_count()),
+        )
+
+    with sp.Pool(devices=[f"cuda:{last}"], backend="processes") as pool:
+        assert pool.submit(probe, 0).result(WAIT) == ("cuda:0", str(last), 1)
+
+
+def test_unavailable_gpu_is_refused_listing_what_there_is() -> None:
+    """cuda:<count> does not exist: a clear error before any work."""
+    count = torch.cuda.device_count()
+    with pytest.raises(ValueError, match=rf"cuda:{count} is not available.*cuda:0"):
+        sp.Pool(devices=[f"cuda:{count}"])
+
+
+def test_stall_report_has_cuda_memory_when_torch_is_loaded() -> None:
+    """A stall on a CUDA worker reports that device's memory."""
+    import threading
+
+    gate = threading.Event()
+    reports: list[sp.StallReport] = []
+
+    def stuck(_: int) -> None:
+        torch.ones(1024, 1024, device="cuda")
+        gate.wait(WAIT)
+
+    with sp.Pool(devices=["cuda:0"], stall_timeout=0.3, on_stall=reports.append) as pool:
+        future = pool.submit(stuck, 0)
+        while not reports:
+            threading.Event().wait(0.05)
+        gate.set()
+        future.result(WAIT)
+    assert any("cuda:0:" in line and "MiB allocated" in line for line in reports[0].devices)
