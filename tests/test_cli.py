@@ -14,16 +14,16 @@ if TYPE_CHECKING:
 
 def test_demo_prints_a_table_and_matching_checksums(capsys: pytest.CaptureFixture[str]) -> None:
     """The demo runs serially and on the pool, and both give identical results."""
-    assert main(["demo", "--items", "40", "--workers", "2", "--quiet"]) == 0
+    assert main(["pool-demo", "--items", "40", "--workers", "2", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "2 workers" in out
     assert "results identical to the 1-worker run, in order: yes" in out
 
 
 def test_python_dash_m_runs_the_demo() -> None:
-    """`python -m steadypool demo` works as a program."""
+    """`python -m steadypool pool-demo` works as a program."""
     done = subprocess.run(
-        [sys.executable, "-m", "steadypool", "demo", "--items", "20", "--quiet"],
+        [sys.executable, "-m", "steadypool", "pool-demo", "--items", "20", "--quiet"],
         capture_output=True,
         text=True,
         timeout=60,

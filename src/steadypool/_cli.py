@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 import zlib
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -71,26 +72,106 @@ def _digest(checksums: list[int]) -> int:
     return zlib.crc32(np.asarray(checksums, dtype=np.uint32).tobytes())
 
 
+def _cam(args: argparse.Namespace) -> int:
+    from ._tta._inputs import CamInputError
+    from ._tta._runner import CamConfig, run_cam
+
+    scales = tuple(float(x) for part in args.scales for x in part.split(",") if x)
+    config = CamConfig(
+        images=args.images,
+        labels=args.labels,
+        model=args.model,
+        out=args.out,
+        list_file=args.list,
+        weights=args.weights,
+        scales=scales,
+        flip=not args.no_flip,
+        format=args.format,
+        devices=tuple(d.strip() for d in args.devices.split(",") if d.strip()),
+        backend=args.backend,
+        pred_dir=args.pred_dir,
+        bg=args.bg,
+        overlay_dir=args.overlay_dir,
+        resume=not args.no_resume,
+        progress=not args.quiet,
+    )
+    try:
+        summary = run_cam(config)
+    except (CamInputError, ValueError, TypeError) as exc:
+        print(f"steadypool cam: error: {exc}", file=sys.stderr)
+        return 2
+    print(summary)
+    return 1 if summary.failures else 0
+
+
+def _cam_demo(args: argparse.Namespace) -> int:
+    from ._tta._demo import run_demo
+
+    out = args.out.resolve()
+    summary = run_demo(out, workers=args.workers, progress=not args.quiet)
+    print(summary)
+    print(f"outputs: {out / 'cams'} (psa .npy), {out / 'pred'} (PNG), {out / 'overlay'} (PNG)")
+    return 1 if summary.failures else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     parser = argparse.ArgumentParser(prog="steadypool", description=sp.__doc__)
     commands = parser.add_subparsers(dest="command")
-    demo = commands.add_parser("demo", help="run the pool on bundled synthetic work")
-    demo.add_argument("--items", type=int, default=600, help="items to process")
-    demo.add_argument("--workers", type=int, default=2, help="worker threads")
-    demo.add_argument("--batch-size", type=int, default=16, help="results per batch")
+
+    demo = commands.add_parser(
+        "demo", help="run the CAM runner on bundled photos with a built-in network (CPU)"
+    )
+    demo.add_argument(
+        "--out",
+        type=Path,
+        default=Path("steadypool-demo"),
+        help="output folder (default: ./steadypool-demo)",
+    )
+    demo.add_argument("--workers", type=int, default=2, help="CPU device workers")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    cam = commands.add_parser("cam", help="multi-scale x flip CAM inference (psa / irn files)")
+    cam.add_argument("--images", type=Path, required=True, help="folder of images")
+    cam.add_argument("--list", type=Path, help="image names, one per line (psa lines work)")
+    cam.add_argument("--labels", type=Path, required=True, help="np.save'd {name: C floats}")
+    cam.add_argument("--model", required=True, help="MODULE:ATTR, a class or factory")
+    cam.add_argument("--weights", type=Path, help="a state dict for the model")
+    cam.add_argument(
+        "--scales",
+        nargs="+",
+        default=["1.0,0.5,1.5,2.0"],
+        help="scales, space or comma separated (default 1.0,0.5,1.5,2.0)",
+    )
+    cam.add_argument("--no-flip", action="store_true", help="no horizontal flips")
+    cam.add_argument("--format", choices=("psa", "irn"), default="psa")
+    cam.add_argument("--devices", default="cpu", help="comma separated, e.g. cuda:0,cuda:1")
+    cam.add_argument("--backend", choices=("threads", "processes"), default="threads")
+    cam.add_argument("--out", type=Path, required=True, help="output folder for .npy files")
+    cam.add_argument("--pred-dir", type=Path, help="also write psa-style prediction PNGs")
+    cam.add_argument("--bg", type=float, default=0.2, help="background score for --pred-dir")
+    cam.add_argument("--overlay-dir", type=Path, help="also write photo + heat-map PNGs")
+    cam.add_argument("--no-resume", action="store_true", help="redo images already done")
+    cam.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    pool_demo = commands.add_parser("pool-demo", help="the pool alone on synthetic work")
+    pool_demo.add_argument("--items", type=int, default=600, help="items to process")
+    pool_demo.add_argument("--workers", type=int, default=2, help="worker threads")
+    pool_demo.add_argument("--batch-size", type=int, default=16, help="results per batch")
+    pool_demo.add_argument("--quiet", action="store_true", help="no progress bar")
+
     commands.add_parser("diagnose", help="print versions and machine facts for a bug report")
     args = parser.parse_args(argv)
     if args.command == "diagnose":
         print(sp.diagnose())
         return 0
-    if args.command in (None, "demo"):
-        if args.command is None:
-            args = demo.parse_args([])
+    if args.command == "cam":
+        return _cam(args)
+    if args.command == "pool-demo":
         return _demo(args)
-    parser.error(f"unknown command {args.command!r}")
-    return 2
+    if args.command is None:
+        args = demo.parse_args([])
+    return _cam_demo(args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""Multi-scale test-time augmentation (CAM) on steadypool; imports torch lazily."""

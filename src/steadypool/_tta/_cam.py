@@ -1,0 +1,164 @@
+"""The CAM computation of psa and irn, split into a CPU part and a device part.
+
+CPU part (`prepare_psa`, `prepare_irn`): resize and normalise one image per scale.
+Device part (`infer_psa`, `infer_irn`): run the network on each scale and its flip as
+one batch of 2, and do the tensor math on the device (upsampling, label weighting,
+summing, normalising), so only the final maps leave the device.  The semantics follow
+psa's ``infer_cls.py`` and irn's ``make_cam.py`` exactly (see the README).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "infer_irn",
+    "infer_psa",
+    "normalize",
+    "predict",
+    "prepare_irn",
+    "prepare_psa",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+EPS = 1e-5
+
+
+def normalize(model: Any, image: np.ndarray) -> np.ndarray:
+    """HWC image -> float32 HWC: `model.normalize` if it has one, else ImageNet mean/std
+    on RGB/255 (computed in float64, stored as float32, as psa and irn do)."""
+    custom = getattr(model, "normalize", None)
+    if custom is not None:
+        return np.asarray(custom(image), dtype=np.float32)
+    out = np.empty(image.shape, dtype=np.float32)
+    for c in range(3):
+        out[..., c] = (image[..., c] / 255.0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c]
+    return out
+
+
+def prepare_psa(model: Any, image: Any, scales: Sequence[float]) -> list[np.ndarray]:
+    """psa: per scale, PIL bicubic resize to (round(W*s), round(H*s)), normalise, CHW."""
+    from PIL import Image
+
+    width, height = image.size
+    out = []
+    for s in scales:
+        resized = image.resize((round(width * s), round(height * s)), Image.Resampling.BICUBIC)
+        out.append(np.ascontiguousarray(normalize(model, np.asarray(resized)).transpose(2, 0, 1)))
+    return out
+
+
+def prepare_irn(model: Any, image: Any, scales: Sequence[float]) -> list[np.ndarray]:
+    """irn: per scale, skimage rescale (order 3, anti-aliased, range kept), normalise, CHW."""
+    from skimage.transform import rescale
+
+    array = np.asarray(image)
+    out = []
+    for s in scales:
+        scaled = rescale(
+            array, s, order=3, preserve_range=True, anti_aliasing=True, channel_axis=-1
+        )
+        out.append(np.ascontiguousarray(normalize(model, scaled).transpose(2, 0, 1)))
+    return out
+
+
+def _batch(chw: np.ndarray, device: Any, flip: bool) -> Any:
+    import torch
+
+    x = torch.from_numpy(chw).to(device, non_blocking=True)[None]
+    return torch.cat([x, x.flip(-1)]) if flip else x
+
+
+def infer_psa(
+    model: Any,
+    scaled: Sequence[np.ndarray],
+    size: tuple[int, int],
+    label: np.ndarray,
+    *,
+    flip: bool,
+    device: Any,
+) -> tuple[np.ndarray, np.ndarray]:
+    """psa: (keys, maps).  Variants [s1, flip(s1), s2, ...]: forward_cam, bilinear
+    upsample to (H, W), times the label vector, odd variants flipped back; summed in
+    that order (float32); each class map divided by its max + 1e-5; classes with
+    label > 1e-5 kept."""
+    import torch
+    import torch.nn.functional as F
+
+    with torch.no_grad():
+        weights = torch.from_numpy(np.asarray(label, dtype=np.float32)).to(device).view(-1, 1, 1)
+        total = None
+        for chw in scaled:
+            cams = model.forward_cam(_batch(chw, device, flip))
+            cams = F.interpolate(cams, size, mode="bilinear", align_corners=False) * weights
+            variants = [cams[0], cams[1].flip(-1)] if flip else [cams[0]]
+            for variant in variants:
+                total = variant if total is None else total + variant
+        assert total is not None, "no scales"
+        keys = np.flatnonzero(np.asarray(label) > EPS)
+        kept = total[torch.from_numpy(keys).to(device)]
+        peak = kept.flatten(1).max(1).values.view(-1, 1, 1) if len(keys) else kept
+        maps = (kept / (peak + EPS)).cpu().numpy()
+    return keys.astype(np.int64), maps
+
+
+def infer_irn(
+    model: Any,
+    scaled: Sequence[np.ndarray],
+    size: tuple[int, int],
+    label: np.ndarray,
+    *,
+    flip: bool,
+    device: Any,
+) -> dict[str, np.ndarray]:
+    """irn: {"keys", "cam", "high_res"}.  Per scale, [img, flip(img)] as one batch,
+    o = cam[0] + cam[1].flip(-1); strided = sum of bilinear(o, ceil(H/4) x ceil(W/4));
+    high_res = sum of bilinear(o, ceil(H/16)*16 x ceil(W/16)*16) cropped to H x W;
+    rows with label != 0 kept, each divided by its max + 1e-5."""
+    import torch
+    import torch.nn.functional as F
+
+    height, width = size
+    strided_size = ((height - 1) // 4 + 1, (width - 1) // 4 + 1)
+    up_size = (math.ceil(height / 16) * 16, math.ceil(width / 16) * 16)
+    with torch.no_grad():
+        strided = high = None
+        for chw in scaled:
+            cams = model.forward_cam(_batch(chw, device, flip))
+            o = cams[0] + cams[1].flip(-1) if flip else cams[0]
+            s = F.interpolate(o[None], strided_size, mode="bilinear", align_corners=False)[0]
+            h = F.interpolate(o[:, None], up_size, mode="bilinear", align_corners=False)[:, 0]
+            strided = s if strided is None else strided + s
+            high = h if high is None else high + h
+        assert strided is not None, "no scales"
+        assert high is not None, "no scales"
+        keys = np.flatnonzero(np.asarray(label) != 0)
+        index = torch.from_numpy(keys).to(device)
+        strided = strided[index]
+        high = high[index][:, :height, :width]
+        if len(keys):
+            strided = strided / (F.adaptive_max_pool2d(strided, (1, 1)) + EPS)
+            high = high / (F.adaptive_max_pool2d(high, (1, 1)) + EPS)
+        return {
+            "keys": keys.astype(np.int64),
+            "cam": strided.cpu().numpy(),
+            "high_res": high.cpu().numpy(),
+        }
+
+
+def predict(keys: np.ndarray, maps: np.ndarray, size: tuple[int, int], bg: float) -> np.ndarray:
+    """psa's prediction: argmax over [a bg plane, the maps]; 0 = background, k+1 = class k."""
+    planes = np.concatenate([np.full((1, *size), bg, dtype=np.float32), maps.reshape(-1, *size)])
+    winner = np.argmax(planes, axis=0)
+    lookup = np.concatenate([[0], np.asarray(keys, dtype=np.int64) + 1])
+    pred: np.ndarray = lookup[winner].astype(np.uint8)
+    return pred

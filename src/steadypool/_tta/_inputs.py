@@ -1,0 +1,114 @@
+"""Inputs of `steadypool cam`: image names, labels, images, and the model.
+
+Everything that can be wrong with the run as a whole (no images, a model without
+``forward_cam``, weights that do not fit) raises `CamInputError` before work starts;
+what is wrong with one image (missing, corrupt, no label) raises for that image only.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["CamInputError", "find_image", "label_for", "load_labels", "load_model", "read_names"]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+class CamInputError(ValueError):
+    """The run cannot start: bad arguments, model, weights, list or output directory."""
+
+
+def read_names(images: Path, list_file: Path | None) -> list[str]:
+    """Image names from `list_file` (bare names or psa lines), else every image in the
+    directory, sorted."""
+    if list_file is not None:
+        try:
+            lines = list_file.read_text().splitlines()
+        except OSError as exc:
+            raise CamInputError(f"cannot read the image list {list_file}: {exc}") from exc
+        # psa lines: "/JPEGImages/2007_000032.jpg /SegmentationClassAug/2007_000032.png"
+        names = [Path(line.split()[0]).stem for line in lines if line.strip()]
+    elif images.is_dir():
+        names = sorted(p.stem for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    else:
+        raise CamInputError(f"--images {images} is not a directory")
+    if not names:
+        raise CamInputError(
+            f"no images to process: {list_file or images} lists none"
+            + ("" if list_file else f" (looked for {', '.join(IMAGE_SUFFIXES)})")
+        )
+    return list(dict.fromkeys(names))
+
+
+def find_image(images: Path, name: str) -> Path:
+    """`images/name.<suffix>`, trying the usual suffixes."""
+    for suffix in IMAGE_SUFFIXES:
+        for candidate in (images / f"{name}{suffix}", images / f"{name}{suffix.upper()}"):
+            if candidate.is_file():
+                return candidate
+    raise FileNotFoundError(f"no image named {name!r} in {images} ({', '.join(IMAGE_SUFFIXES)})")
+
+
+def load_labels(path: Path) -> dict[Any, Any]:
+    """A pickled dict ``{name: C floats}`` as ``np.save`` writes it (psa and irn)."""
+    try:
+        labels = np.load(path, allow_pickle=True).item()
+    except Exception as exc:
+        raise CamInputError(f"cannot read labels from {path}: {exc}") from exc
+    if not isinstance(labels, dict) or not labels:
+        raise CamInputError(f"{path} holds no {{name: label vector}} dict")
+    return labels
+
+
+def label_for(labels: dict[Any, Any], name: str, classes: int) -> np.ndarray:
+    """The label vector of `name`: psa keys are names, irn keys are ints (2007000032)."""
+    value = labels.get(name)
+    if value is None and name.replace("_", "").isdigit():
+        value = labels.get(int(name.replace("_", "")))
+    if value is None:
+        raise KeyError(f"no label for {name!r} in the labels file")
+    vector = np.asarray(value, dtype=np.float32).reshape(-1)
+    if vector.shape != (classes,):
+        raise ValueError(f"the label of {name!r} has {vector.size} values, the model {classes}")
+    return vector
+
+
+def load_model(spec: str, weights: Path | None) -> Any:
+    """Build the model from ``MODULE:ATTR`` (a class or factory) and load `weights`."""
+    import torch
+
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise CamInputError(f"--model must be MODULE:ATTR, got {spec!r}")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise CamInputError(f"cannot load the model {spec!r}: {exc}") from exc
+    model = factory()
+    if not callable(getattr(model, "forward_cam", None)):
+        raise CamInputError(
+            f"the model from {spec!r} ({type(model).__name__}) has no forward_cam(x) method; "
+            "it must map (N, 3, h, w) to non-negative CAMs (N, C, h', w')"
+        )
+    if weights is not None:
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+            model.load_state_dict(state)
+        except Exception as exc:
+            raise CamInputError(
+                f"the weights {weights} do not fit the model {spec!r}: {exc}"
+            ) from exc
+    return model.eval()
+
+
+def class_count(model: Any) -> int:
+    """How many classes `model.forward_cam` produces (one tiny forward pass on the CPU)."""
+    import torch
+
+    with torch.no_grad():
+        probe = model.forward_cam(torch.zeros(1, 3, 32, 32))
+    return int(probe.shape[1])

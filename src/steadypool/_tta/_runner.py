@@ -1,0 +1,292 @@
+"""`run_cam`: multi-scale x flip CAM inference over an image set on N devices.
+
+Data flow (all through the public `steadypool.Pool` API)::
+
+    names --cpu.imap(prepare)--> scaled images --dev.imap(infer)--> final maps
+          --cpu.submit(save)--> out/NAME.npy (temp file + rename), pred PNG, overlay
+
+Both streams are ordered and windowed: while device workers run image k, CPU workers
+decode and resize images k+1.. and save images ..k-1 (no per-image barrier).  Every
+device worker holds its own replica (`setup`), so no replica is ever driven by two
+workers.  A failure of one image (missing, corrupt, no label, a crashed worker) is
+recorded and the run goes on; the summary lists it and the exit code says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+import steadypool as sp
+
+from . import _cam
+from ._inputs import (
+    CamInputError,
+    class_count,
+    find_image,
+    label_for,
+    load_labels,
+    load_model,
+    read_names,
+)
+from ._overlay import save_overlay
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from concurrent.futures import Future
+    from pathlib import Path
+
+__all__ = ["CamConfig", "CamSummary", "run_cam"]
+
+FORMATS = ("psa", "irn")
+
+
+@dataclass(frozen=True)
+class CamConfig:
+    """What `steadypool cam` was asked to do (see the README for each option)."""
+
+    images: Path
+    labels: Path
+    model: str
+    out: Path
+    list_file: Path | None = None
+    weights: Path | None = None
+    scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
+    flip: bool = True
+    format: str = "psa"
+    devices: tuple[str, ...] = ("cpu",)
+    backend: str = "threads"
+    pred_dir: Path | None = None
+    bg: float = 0.2
+    overlay_dir: Path | None = None
+    resume: bool = True
+    cpu_workers: int | None = None
+    progress: bool = True
+
+
+@dataclass
+class CamSummary:
+    """What a run did."""
+
+    total: int = 0
+    done: int = 0
+    skipped: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    device_busy: dict[str, float] = field(default_factory=dict)
+    devices: tuple[str, ...] = ()
+    backend: str = ""
+
+    @property
+    def images_per_second(self) -> float:
+        return self.done / self.seconds if self.seconds else 0.0
+
+    def __str__(self) -> str:
+        lines = [
+            f"images: {self.total} listed, {self.done} done, {self.skipped} skipped "
+            f"(already done), {len(self.failures)} failed",
+            f"time: {self.seconds:.2f}s, {self.images_per_second:.2f} images/s "
+            f"({self.backend}, devices {', '.join(self.devices)})",
+        ]
+        for worker, busy in self.device_busy.items():
+            share = busy / self.seconds * 100 if self.seconds else 0.0
+            lines.append(f"  {worker}: busy {busy:.2f}s ({share:.0f}% of the run)")
+        for name, reason in self.failures:
+            lines.append(f"  FAILED {name}: {reason}")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    name: str
+    size: tuple[int, int]  # (H, W)
+    label: np.ndarray
+    scaled: list[np.ndarray]
+    image: Any  # the RGB photo, for overlays (None without --overlay-dir)
+
+
+def _check_config(config: CamConfig) -> None:
+    if config.format not in FORMATS:
+        raise CamInputError(f"--format must be psa or irn, got {config.format!r}")
+    if not config.scales or any(s <= 0 for s in config.scales):
+        raise CamInputError(f"--scales must be positive numbers, got {config.scales}")
+    for directory in (config.out, config.pred_dir, config.overlay_dir):
+        if directory is None:
+            continue
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            probe = directory / f".steadypool-write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise CamInputError(f"cannot write to {directory}: {exc}") from exc
+
+
+def _replica(spec: str, weights: Path | None) -> Any:
+    def setup(worker: sp.Worker) -> Any:
+        model = load_model(spec, weights)
+        return model.to(worker.device or "cpu")
+
+    return setup
+
+
+def _infer(config: CamConfig, item: _Prepared) -> tuple[str, Any]:
+    worker = sp.current_worker()
+    infer = _cam.infer_psa if config.format == "psa" else _cam.infer_irn
+    result = infer(
+        worker.state,
+        item.scaled,
+        item.size,
+        item.label,
+        flip=config.flip,
+        device=worker.device or "cpu",
+    )
+    return item.name, result
+
+
+def _write_atomic(path: Path, obj: Any) -> None:
+    """np.save to a temporary name, then rename: a kill never leaves a partial file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, obj, allow_pickle=True)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def _save(config: CamConfig, item: _Prepared, result: Any) -> None:
+    from PIL import Image
+
+    if config.format == "psa":
+        keys, maps = result
+        _write_atomic(
+            config.out / f"{item.name}.npy", {int(k): m for k, m in zip(keys, maps, strict=True)}
+        )
+    else:
+        keys, maps = result["keys"], result["high_res"]
+        _write_atomic(config.out / f"{item.name}.npy", result)
+    if config.pred_dir is not None:
+        pred = _cam.predict(keys, maps, item.size, config.bg)
+        tmp = config.pred_dir / f".{item.name}.png.{os.getpid()}.tmp"
+        Image.fromarray(pred).save(tmp, format="PNG")
+        os.replace(tmp, config.pred_dir / f"{item.name}.png")
+    if config.overlay_dir is not None:
+        save_overlay(config.overlay_dir / f"{item.name}.png", item.image, keys, maps)
+
+
+def run_cam(config: CamConfig) -> CamSummary:
+    """Run the CAM job; return its summary (failures listed there, never raised).
+
+    Raises:
+        CamInputError: Before any work, when the run cannot start.
+    """
+    from PIL import Image
+
+    _check_config(config)
+    model = load_model(config.model, config.weights)
+    classes = class_count(model)
+    labels = load_labels(config.labels)
+    names = read_names(config.images, config.list_file)
+    for stale in config.out.glob(".*.npy.*.tmp"):  # left by a killed run
+        stale.unlink(missing_ok=True)
+    summary = CamSummary(total=len(names), devices=config.devices, backend=config.backend)
+    todo = [n for n in names if not (config.resume and (config.out / f"{n}.npy").exists())]
+    summary.skipped = len(names) - len(todo)
+    prepare_fn = _cam.prepare_psa if config.format == "psa" else _cam.prepare_irn
+
+    def prepare(name: str) -> _Prepared:
+        path = find_image(config.images, name)
+        label = label_for(labels, name, classes)
+        with Image.open(path) as opened:
+            image = opened.convert("RGB")
+        scaled = prepare_fn(model, image, config.scales)
+        keep = image if config.overlay_dir is not None else None
+        return _Prepared(name, (image.height, image.width), label, scaled, keep)
+
+    cpu_workers = config.cpu_workers or max(2, min(8, os.cpu_count() or 2))
+    start = time.perf_counter()
+    bar = _progress(config.progress, len(todo))
+    in_device: deque[_Prepared] = deque()  # prepared items in the device stream, in order
+    saving: deque[tuple[str, Future[None]]] = deque()
+
+    def prepared_ok(stream: Iterator[Any]) -> Iterator[_Prepared]:
+        for name, item in zip(todo, stream, strict=True):
+            if isinstance(item, BaseException):
+                summary.failures.append((name, _reason(item)))
+                bar.update(1)
+                continue
+            in_device.append(item)
+            yield item
+
+    def finish_save(name: str, future: Future[None]) -> None:
+        try:
+            future.result()
+            summary.done += 1
+        except Exception as exc:
+            summary.failures.append((name, _reason(exc)))
+        bar.update(1)
+
+    with (
+        sp.Pool(cpu_workers, name="cam-cpu") as cpu,
+        sp.Pool(
+            devices=list(config.devices),
+            setup=_replica(config.model, config.weights),
+            backend=config.backend,
+            name="cam-dev",
+        ) as dev,
+    ):
+        prepared = cpu.imap(prepare, todo, on_error="return", window=2 * cpu_workers)
+        infer = _bind_infer(config)
+        results = dev.imap(
+            infer, prepared_ok(prepared), on_error="return", window=2 * len(config.devices)
+        )
+        for result in results:
+            item = in_device.popleft()
+            if isinstance(result, BaseException):
+                summary.failures.append((item.name, _reason(result)))
+                bar.update(1)
+                continue
+            saving.append((item.name, cpu.submit(_save, config, item, result[1])))
+            while len(saving) > 2 * cpu_workers or (saving and saving[0][1].done()):
+                finish_save(*saving.popleft())
+        while saving:
+            finish_save(*saving.popleft())
+        stats = dev.stats()
+    summary.seconds = time.perf_counter() - start
+    bar.close()
+    for worker in stats.workers:
+        summary.device_busy[f"worker {worker.index} ({worker.device})"] = worker.busy_seconds
+    return summary
+
+
+def _bind_infer(config: CamConfig) -> Any:
+    def infer(item: _Prepared) -> tuple[str, Any]:
+        return _infer(config, item)
+
+    return infer
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".splitlines()[0]
+
+
+class _NoBar:
+    def update(self, n: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _progress(enabled: bool, total: int) -> Any:
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="image", desc="steadypool cam", dynamic_ncols=True)
