@@ -1,0 +1,30 @@
+"""Models for the CAM tests (importable in worker processes as tests._cam_models)."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+from steadypool._tta._demo_net import TinyCAMNet
+
+
+class NoCam(nn.Module):
+    """A classifier without forward_cam."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean()
+
+
+class SlowNet(TinyCAMNet):
+    """TinyCAMNet that takes a while per call, so a run can be killed half-way."""
+
+    def forward_cam(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.15)
+        return super().forward_cam(x)
+
+
+def other_width() -> TinyCAMNet:
+    """A factory whose weights do not fit TinyCAMNet's (5 classes)."""
+    return TinyCAMNet(num_classes=5)
