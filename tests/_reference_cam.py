@@ -33,7 +33,9 @@ def psa(
     width, height = img.size
     variants = []
     for s in scales:
-        chw = _norm(np.asarray(img.resize((round(width * s), round(height * s)), Image.BICUBIC)))
+        chw = _norm(
+            np.asarray(img.resize((round(width * s), round(height * s)), Image.Resampling.BICUBIC))
+        )
         variants.append(chw)
         if flip:
             variants.append(np.flip(chw, -1).copy())
@@ -74,11 +76,11 @@ def irn(model: Any, path: str, label: np.ndarray, scales: list[float]) -> dict[s
             ),
             0,
         )
-        high = [
+        highs = [
             F.interpolate(o[:, None], up_size, mode="bilinear", align_corners=False)
             for o in outputs
         ]
-        high = torch.sum(torch.stack(high, 0), 0)[:, 0, :height, :width]
+        high = torch.sum(torch.stack(highs, 0), 0)[:, 0, :height, :width]
         valid = torch.nonzero(torch.from_numpy(label))[:, 0]
         strided = strided[valid]
         strided /= F.adaptive_max_pool2d(strided, (1, 1)) + 1e-5

@@ -157,7 +157,8 @@ def test_resume_after_a_kill_gives_identical_files(labels_file: Path, tmp_path: 
     killed = subprocess.Popen([*run, *args, str(tmp_path / "resumed")], cwd=root)
     deadline = time.monotonic() + 120
     while not list((tmp_path / "resumed").glob("*.npy")):
-        assert time.monotonic() < deadline and killed.poll() is None
+        assert time.monotonic() < deadline
+        assert killed.poll() is None
         time.sleep(0.01)
     killed.send_signal(signal.SIGKILL)
     killed.wait(30)
