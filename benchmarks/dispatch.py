@@ -29,7 +29,6 @@ import argparse
 import contextlib
 import json
 import platform
-import re
 import resource
 import subprocess
 import sys
@@ -46,8 +45,10 @@ import numpy as np
 import steadypool as sp
 from steadypool.compat import BatchThreader, shutdown_shared_pools
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _seed import load_seed_class
+
 HERE = Path(__file__).resolve().parent
-SEED_DIR = HERE.parent.parent / "shared" / "seed"
 
 Runner = Callable[[Callable[[Any], Any], list[Any], int], list[Any]]
 
@@ -196,18 +197,6 @@ def bench_workload(
 
 
 # --- the seed's usage pattern -------------------------------------------------------------
-
-
-def load_seed_class() -> type | None:
-    """Exec the seed's BatchThreader from the bug report text; None if it is not here."""
-    for path in sorted(SEED_DIR.glob("*.txt")) if SEED_DIR.is_dir() else []:
-        for block in re.findall(r"```[ ]*python\n(.*?)```", path.read_text(), flags=re.S):
-            if "class BatchThreader" in block:
-                namespace: dict[str, Any] = {"ThreadPool": ThreadPool}
-                exec(compile(block, str(path), "exec"), namespace)
-                seed_class: type = namespace["BatchThreader"]
-                return seed_class
-    return None
 
 
 def _variant(i: int, img: int) -> int:

@@ -1,0 +1,316 @@
+"""CAM benchmark: the psa pattern, the irn pattern and `steadypool cam`, side by side.
+
+Same model, same images, one run; images/s and ratios; per-device busy fraction.
+
+    python benchmarks/cam.py [--images 48] [--devices cpu,cpu] [--model tiny|wide]
+
+  psa pattern   psa's infer_cls.py: a DataLoader prepares each image's 8 variants; per
+                image a new BatchThreader (the seed's own class, loaded from the bug
+                report) runs them, replica chosen by variant index; all variants of an
+                image finish before the next starts; sum, normalise and save on the
+                main thread.
+  irn pattern   irn's make_cam.py: one process per device over a static interleaved
+                split of the names; each prepares, runs and saves its share.
+  steadypool    `run_cam` (psa and irn formats) with threads, and with processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _seed import load_seed_class
+from steadypool._tta import _cam
+from steadypool._tta._demo import DEMO_LABELS, demo_images
+from steadypool._tta._demo_net import TinyCAMNet
+from steadypool._tta._runner import CamConfig, run_cam
+
+HERE = Path(__file__).resolve().parent
+SCALES = (1.0, 0.5, 1.5, 2.0)
+
+
+class WideCAMNet(TinyCAMNet):
+    """A heavier CAM network (about 40 GFLOP per 500x375 image at 4 scales and flips),
+    so a GPU has real work: ResNet-like width at stride 8."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(3, 64, 3, stride=2, padding=1), nn.ReLU()]
+        layers += [nn.Conv2d(64, 128, 3, stride=2, padding=1), nn.ReLU()]
+        layers += [nn.Conv2d(128, 256, 3, stride=2, padding=1), nn.ReLU()]
+        for _ in range(4):
+            layers += [nn.Conv2d(256, 256, 3, padding=1), nn.ReLU()]
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Conv2d(256, 20, 1, bias=False)
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for p in self.parameters():
+                fan_in = math.prod(p.shape[1:]) if p.dim() > 1 else 1
+                p.copy_(torch.randn(p.shape, generator=generator) / math.sqrt(fan_in))
+
+
+MODELS = {"tiny": "steadypool._tta._demo_net:TinyCAMNet", "wide": "cam:WideCAMNet"}
+
+
+def make_dataset(root: Path, count: int, size: tuple[int, int]) -> tuple[Path, Path, list[str]]:
+    """`count` VOC-sized copies of the bundled photos, and their labels."""
+    images = root / "images"
+    images.mkdir(parents=True)
+    photos = sorted(demo_images().glob("*.jpg"))
+    labels = {}
+    names = []
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        name = f"{i:05d}_{photo.stem}"
+        Image.open(photo).convert("RGB").resize(size, Image.Resampling.BICUBIC).save(
+            images / f"{name}.jpg", quality=90
+        )
+        vector = np.zeros(20, dtype=np.float32)
+        vector[DEMO_LABELS[photo.stem]] = 1.0
+        labels[name] = vector
+        names.append(name)
+    np.save(root / "labels.npy", labels)  # type: ignore[arg-type]
+    return images, root / "labels.npy", names
+
+
+def _model(spec: str) -> Any:
+    from steadypool._tta._inputs import load_model
+
+    return load_model(spec, None)
+
+
+# --- psa pattern ------------------------------------------------------------------------------
+
+
+class _PsaDataset(torch.utils.data.Dataset[Any]):
+    def __init__(self, images: Path, labels: dict[str, np.ndarray], names: list[str]):
+        self.images, self.labels, self.names = images, labels, names
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, i: int) -> Any:
+        name = self.names[i]
+        img = Image.open(self.images / f"{name}.jpg").convert("RGB")
+        variants = []
+        for chw in _cam.prepare_psa(None, img, SCALES):
+            variants += [torch.from_numpy(chw), torch.from_numpy(np.flip(chw, -1).copy())]
+        return name, variants, torch.from_numpy(self.labels[name]), (img.height, img.width)
+
+
+def psa_pattern(
+    spec: str, devices: list[str], images: Path, labels_path: Path, names: list[str], out: Path
+) -> dict[str, Any]:
+    batch_threader = load_seed_class()
+    if batch_threader is None:
+        raise SystemExit("the seed's BatchThreader is not under shared/seed/")
+    replicas = [_model(spec).to(d) for d in devices]
+    labels = np.load(labels_path, allow_pickle=True).item()
+    loader = torch.utils.data.DataLoader(
+        _PsaDataset(images, labels, names), batch_size=None, num_workers=2
+    )
+    spans: list[list[tuple[float, float]]] = [[] for _ in devices]  # per replica
+    lock = threading.Lock()
+    start = time.perf_counter()
+    for name, img_list, label, size in loader:
+
+        def _work(
+            i: int, img: torch.Tensor, size: tuple[int, int] = size, label: Any = label
+        ) -> np.ndarray:
+            t0 = time.perf_counter()
+            device = devices[i % len(devices)]
+            with torch.no_grad():
+                cam = replicas[i % len(devices)].forward_cam(img[None].to(device))
+                cam = F.interpolate(cam, size, mode="bilinear", align_corners=False)[0]
+                cam = cam.cpu().numpy() * label.view(20, 1, 1).numpy()
+            if i % 2 == 1:
+                cam = np.flip(cam, axis=-1)
+            with lock:
+                spans[i % len(devices)].append((t0, time.perf_counter()))
+            return cam
+
+        thread_pool = batch_threader(
+            _work, list(enumerate(img_list)), batch_size=12, prefetch_size=0, processes=8
+        )
+        cam_list = thread_pool.pop_results()
+        sum_cam = np.sum(cam_list, axis=0)
+        norm_cam = sum_cam / (np.max(sum_cam, (1, 2), keepdims=True) + 1e-5)
+        cam_dict = {i: norm_cam[i] for i in range(20) if label[i] > 1e-5}
+        np.save(out / f"{name}.npy", cam_dict)  # type: ignore[arg-type]
+    seconds = time.perf_counter() - start
+    # Several variant threads share a replica at once: busy time is the union of spans.
+    return {"seconds": seconds, "busy": [_union(s) for s in spans]}
+
+
+def _union(spans: list[tuple[float, float]]) -> float:
+    total, end = 0.0, float("-inf")
+    for start, stop in sorted(spans):
+        if stop > end:
+            total += stop - max(start, end)
+            end = stop
+    return total
+
+
+# --- irn pattern ------------------------------------------------------------------------------
+
+
+def _irn_process(
+    spec: str, device: str, images: str, labels_path: str, names: list[str], out: str, result: Any
+) -> None:
+    sys.path.insert(0, str(HERE))
+    model = _model(spec).to(device)
+    labels = np.load(labels_path, allow_pickle=True).item()
+    busy = 0.0
+    for name in names:
+        img = Image.open(Path(images) / f"{name}.jpg").convert("RGB")
+        scaled = _cam.prepare_irn(model, img, SCALES)
+        t0 = time.perf_counter()
+        cams = _cam.infer_irn(
+            model, scaled, (img.height, img.width), labels[name], flip=True, device=device
+        )
+        busy += time.perf_counter() - t0
+        np.save(Path(out) / f"{name}.npy", cams)  # type: ignore[arg-type]
+    result.put((device, busy))
+
+
+def irn_pattern(
+    spec: str, devices: list[str], images: Path, labels: Path, names: list[str], out: Path
+) -> dict[str, Any]:
+    context = multiprocessing.get_context("spawn")
+    result = context.Queue()
+    start = time.perf_counter()
+    procs = [
+        context.Process(
+            target=_irn_process,
+            args=(spec, d, str(images), str(labels), names[i :: len(devices)], str(out), result),
+        )
+        for i, d in enumerate(devices)
+    ]
+    for p in procs:
+        p.start()
+    busy = [result.get(timeout=3600)[1] for _ in procs]
+    for p in procs:
+        p.join()
+    return {"seconds": time.perf_counter() - start, "busy": busy}
+
+
+# --- steadypool ---------------------------------------------------------------------------------
+
+
+def steady(
+    spec: str, devices: list[str], images: Path, labels: Path, out: Path, fmt: str, backend: str
+) -> dict[str, Any]:
+    summary = run_cam(
+        CamConfig(
+            images=images,
+            labels=labels,
+            model=spec,
+            out=out,
+            format=fmt,
+            devices=tuple(devices),
+            backend=backend,
+            progress=False,
+        )
+    )
+    assert not summary.failures, summary.failures
+    return {"seconds": summary.seconds, "busy": list(summary.device_busy.values())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=48)
+    parser.add_argument("--devices", default="cpu,cpu")
+    parser.add_argument("--model", choices=tuple(MODELS), default="tiny")
+    parser.add_argument("--size", default="500x375", help="image size WxH (VOC-like)")
+    parser.add_argument("--json", type=Path, default=HERE / "results" / "cam.json")
+    args = parser.parse_args()
+    devices = [d.strip() for d in args.devices.split(",")]
+    spec = MODELS[args.model]
+    size = tuple(int(x) for x in args.size.split("x"))
+    root = Path(tempfile.mkdtemp(prefix="steadypool-cam-bench-"))
+    try:
+        images, labels, names = make_dataset(root, args.images, size)  # type: ignore[arg-type]
+        runs = {
+            "psa pattern (seed BatchThreader per image)": lambda o: psa_pattern(
+                spec, devices, images, labels, names, o
+            ),
+            "steadypool cam psa, threads": lambda o: steady(
+                spec, devices, images, labels, o, "psa", "threads"
+            ),
+            "steadypool cam psa, processes": lambda o: steady(
+                spec, devices, images, labels, o, "psa", "processes"
+            ),
+            "irn pattern (process per device, static split)": lambda o: irn_pattern(
+                spec, devices, images, labels, names, o
+            ),
+            "steadypool cam irn, threads": lambda o: steady(
+                spec, devices, images, labels, o, "irn", "threads"
+            ),
+            "steadypool cam irn, processes": lambda o: steady(
+                spec, devices, images, labels, o, "irn", "processes"
+            ),
+        }
+        rows = []
+        for label, run in runs.items():
+            out = root / label.split()[0] / str(len(rows))
+            out.mkdir(parents=True)
+            got = run(out)
+            rows.append(
+                {
+                    "runner": label,
+                    "images": len(names),
+                    **got,
+                    "images_per_s": len(names) / got["seconds"],
+                }
+            )
+        for row in rows:
+            ref = rows[0] if "psa" in row["runner"] else rows[3]
+            row["x_pattern"] = row["images_per_s"] / ref["images_per_s"]
+            row["busy_fraction"] = [b / row["seconds"] for b in row["busy"]]
+        print(
+            f"\n== CAM, {len(names)} images {args.size}, model {args.model}, devices "
+            f"{','.join(devices)}, {os.cpu_count()} CPUs =="
+        )
+        print(f"{'runner':<50} {'images/s':>9} {'x pattern':>10}  device busy")
+        for row in rows:
+            busy = " ".join(f"{b * 100:.0f}%" for b in row["busy_fraction"])
+            print(
+                f"{row['runner']:<50} {row['images_per_s']:>9.2f} {row['x_pattern']:>10.2f}  {busy}"
+            )
+        meta = {
+            "python": sys.version.split()[0],
+            "machine": platform.machine(),
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+            "devices": devices,
+            "model": args.model,
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "date": time.strftime("%F %T"),
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+        print(f"\nwrote {args.json}")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
