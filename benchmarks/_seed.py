@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import re
 from multiprocessing.pool import ThreadPool
 from pathlib import Path
 from typing import Any
 
-SEED_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "seed"
+# shared/seed beside the checkout; STEADYPOOL_SEED_DIR points elsewhere (a GPU machine).
+SEED_DIR = Path(
+    os.environ.get("STEADYPOOL_SEED_DIR")
+    or Path(__file__).resolve().parent.parent.parent / "shared" / "seed"
+)
 
 
 def load_seed_class() -> type | None:
