@@ -240,6 +240,7 @@ def main() -> None:
     parser.add_argument("--devices", default="cpu,cpu")
     parser.add_argument("--model", choices=tuple(MODELS), default="tiny")
     parser.add_argument("--size", default="500x375", help="image size WxH (VOC-like)")
+    parser.add_argument("--formats", default="psa,irn", help="which rows: psa, irn or both")
     parser.add_argument("--json", type=Path, default=HERE / "results" / "cam.json")
     args = parser.parse_args()
     devices = [d.strip() for d in args.devices.split(",")]
@@ -268,32 +269,36 @@ def main() -> None:
                 spec, devices, images, labels, o, "irn", "processes"
             ),
         }
-        rows = []
-        for label, run in runs.items():
-            out = root / label.split()[0] / str(len(rows))
-            out.mkdir(parents=True)
-            got = run(out)
-            rows.append(
-                {
-                    "runner": label,
-                    "images": len(names),
-                    **got,
-                    "images_per_s": len(names) / got["seconds"],
-                }
-            )
-        for row in rows:
-            ref = rows[0] if "psa" in row["runner"] else rows[3]
-            row["x_pattern"] = row["images_per_s"] / ref["images_per_s"]
-            row["busy_fraction"] = [b / row["seconds"] for b in row["busy"]]
+        formats = set(args.formats.split(","))
         print(
             f"\n== CAM, {len(names)} images {args.size}, model {args.model}, devices "
             f"{','.join(devices)}, {os.cpu_count()} CPUs =="
         )
-        print(f"{'runner':<50} {'images/s':>9} {'x pattern':>10}  device busy")
-        for row in rows:
+        print(f"{'runner':<50} {'images/s':>9} {'x pattern':>10}  device busy", flush=True)
+        rows: list[dict[str, Any]] = []
+        pattern: dict[str, float] = {}
+        for label, run in runs.items():
+            fmt = "psa" if label.startswith("psa") or " psa" in label else "irn"
+            if fmt not in formats:
+                continue
+            out = root / str(len(rows))
+            out.mkdir(parents=True)
+            got = run(out)
+            row = {
+                "runner": label,
+                "format": fmt,
+                "images": len(names),
+                **got,
+                "images_per_s": len(names) / got["seconds"],
+            }
+            pattern.setdefault(fmt, row["images_per_s"])  # the pattern row runs first
+            row["x_pattern"] = row["images_per_s"] / pattern[fmt]
+            row["busy_fraction"] = [b / row["seconds"] for b in row["busy"]]
+            rows.append(row)
             busy = " ".join(f"{b * 100:.0f}%" for b in row["busy_fraction"])
             print(
-                f"{row['runner']:<50} {row['images_per_s']:>9.2f} {row['x_pattern']:>10.2f}  {busy}"
+                f"{label:<50} {row['images_per_s']:>9.2f} {row['x_pattern']:>10.2f}  {busy}",
+                flush=True,
             )
         meta = {
             "python": sys.version.split()[0],
