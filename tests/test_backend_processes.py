@@ -350,3 +350,18 @@ def test_crash_with_a_prefetched_item_behind_it_loses_nothing(fault: str, gate: 
     expected_error = sp.WorkerCrashed if fault == "os_exit" else sp.TaskTimeout
     assert isinstance(out[150], expected_error)
     assert [x for i, x in enumerate(out) if i != 150] == [x for x in range(300) if x != 150]
+
+
+def _threads(_: int) -> tuple[str | None, int | None]:
+    torch = sys.modules.get("torch")
+    return os.environ.get("OMP_NUM_THREADS"), None if torch is None else torch.get_num_threads()
+
+
+def test_cpu_workers_share_the_cores() -> None:
+    """Worker processes pinned to the CPU get the cores divided among them for their
+    math libraries (set before they load; torch told directly if already loaded)."""
+    share = max(1, (os.cpu_count() or 1) // 2)
+    with sp.Pool(devices=["cpu", "cpu"], backend="processes") as pool:
+        seen = set(pool.map(_threads, range(4)))
+    assert {env for env, _ in seen} == {str(share)}
+    assert all(threads in (None, share) for _, threads in seen)

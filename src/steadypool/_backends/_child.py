@@ -89,6 +89,11 @@ def child_main(
     _die_with_parent(parent_pid, lifeline)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.update(env)  # CUDA_VISIBLE_DEVICES, before any CUDA initialisation
+    torch: Any = sys.modules.get("torch")
+    if "OMP_NUM_THREADS" in env and torch is not None:
+        # Under spawn the parent's main module (and torch with it) may already be loaded
+        # here, after which torch ignores the variable: tell it directly.
+        torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
     dump = open(dump_path, "w")  # noqa: SIM115 - lives as long as the process
     faulthandler.register(signal.SIGUSR1, file=dump, all_threads=True, chain=False)
     bind(worker)

@@ -130,10 +130,23 @@ class _Child:
         self.waited = 0.0
 
 
-def _child_view(device: str | None) -> tuple[str | None, dict[str, str]]:
-    """The device as the child sees it, and the environment that makes it so."""
+def _child_view(device: str | None, cpu_share: int = 0) -> tuple[str | None, dict[str, str]]:
+    """The device as the child sees it, and the environment that makes it so.
+
+    A worker pinned to the CPU gets `cpu_share` threads for its math libraries (torch,
+    numpy's BLAS): the cores divided among the CPU workers, so that N worker processes
+    do not each start a thread per core (set before they load, which is why it is an
+    environment variable).
+    """
     if device is not None and device.startswith("cuda:"):
         return "cuda:0", {"CUDA_VISIBLE_DEVICES": device.split(":", 1)[1]}
+    if device is not None and device.startswith("cpu") and cpu_share:
+        threads = str(cpu_share)
+        return device, {
+            "OMP_NUM_THREADS": threads,
+            "MKL_NUM_THREADS": threads,
+            "OPENBLAS_NUM_THREADS": threads,
+        }
     return device, {}
 
 
@@ -388,7 +401,11 @@ class ProcessBackend(Backend):
 
     def _spawn(self, worker: Worker) -> None:
         child = _Child(worker)
-        seen, env = _child_view(worker.device)
+        on_cpu = sum(
+            1 for w in self._workers if w.device is not None and w.device.startswith("cpu")
+        )
+        share = max(1, (os.cpu_count() or 1) // on_cpu) if on_cpu else 0
+        seen, env = _child_view(worker.device, share)
         parent_sock, child_sock = socket.socketpair()
         parent_life, child_life = socket.socketpair()
         generation = sum(1 for c in self._children if c.worker.index == worker.index)
