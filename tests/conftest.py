@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import threading
 import time
@@ -13,13 +14,31 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
 BACKENDS = ["threads", "processes"]
+try:
+    import ray  # noqa: F401 - the Ray suite runs where the ray extra is installed
+except ImportError:
+    pass
+else:
+    BACKENDS.append("ray")
 LEAK_GRACE = 5.0  # seconds a pool thread may take to exit after the test ends
+
+
+@pytest.fixture(scope="session")
+def ray_instance() -> Iterator[None]:
+    """A small local Ray instance for the whole session (2 CPUs, no dashboard)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+    yield
+    ray.shutdown()
 
 
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     """Each behaviour test runs once per backend."""
     name: str = request.param
+    if name == "ray":
+        request.getfixturevalue("ray_instance")
     return name
 
 

@@ -27,6 +27,7 @@ from steadypool._tta._inputs import CamInputError, label_for, read_names
 from steadypool._tta._runner import CamConfig, run_cam
 
 from . import _reference_cam as reference
+from .conftest import BACKENDS
 
 MODEL = "steadypool._tta._demo_net:TinyCAMNet"
 SCALES = (1.0, 0.5, 1.5, 2.0)
@@ -62,14 +63,21 @@ def _config(labels: Path, out: Path, **overrides: Any) -> CamConfig:
     return CamConfig(**options)
 
 
-@pytest.mark.parametrize("backend", ["threads", "processes"])
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("devices", [("cpu",), ("cpu", "cpu")])
 @pytest.mark.parametrize("fmt", ["psa", "irn"])
 def test_outputs_match_an_independent_implementation(
-    fmt: str, devices: tuple[str, ...], backend: str, labels_file: Path, tmp_path: Path
+    fmt: str,
+    devices: tuple[str, ...],
+    backend: str,
+    labels_file: Path,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> None:
     """Every file equals the straightforward psa / irn computation (tolerance 1e-4), on
-    1 and 2 devices and both backends."""
+    1 and 2 devices and every backend (Ray where the ray extra is installed)."""
+    if backend == "ray":
+        request.getfixturevalue("ray_instance")
     summary = run_cam(
         _config(
             labels_file,

@@ -89,6 +89,7 @@ def _cam(args: argparse.Namespace) -> int:
         format=args.format,
         devices=tuple(d.strip() for d in args.devices.split(",") if d.strip()),
         backend=args.backend,
+        address=args.address,
         pred_dir=args.pred_dir,
         bg=args.bg,
         overlay_dir=args.overlay_dir,
@@ -146,7 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cam.add_argument("--no-flip", action="store_true", help="no horizontal flips")
     cam.add_argument("--format", choices=("psa", "irn"), default="psa")
     cam.add_argument("--devices", default="cpu", help="comma separated, e.g. cuda:0,cuda:1")
-    cam.add_argument("--backend", choices=("threads", "processes"), default="threads")
+    cam.add_argument("--backend", choices=("threads", "processes", "ray"), default="threads")
+    cam.add_argument("--address", help="Ray cluster address (--backend ray; default: local)")
     cam.add_argument("--out", type=Path, required=True, help="output folder for .npy files")
     cam.add_argument("--pred-dir", type=Path, help="also write psa-style prediction PNGs")
     cam.add_argument("--bg", type=float, default=0.2, help="background score for --pred-dir")

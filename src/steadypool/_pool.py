@@ -138,14 +138,19 @@ class Pool(Executor):
             what it returns is ``worker.state`` (a model replica, a connection).  If it
             raises, the pool is broken: everything queued and submitted after fails
             with `BrokenPool`, whose cause is the setup's exception.
-        backend: ``"threads"`` (the default) or ``"processes"`` (worker processes that
+        backend: ``"threads"`` (the default), ``"processes"`` (worker processes that
             can be killed and replaced; functions and arguments are sent with
-            cloudpickle, so closures work).
+            cloudpickle, so closures work) or ``"ray"`` (Ray actors, one per worker; a
+            ``cuda`` device asks Ray for a GPU).
         retries: Process backend: run an item again on a fresh worker, up to this many
             times, when its worker crashed or was killed (task_timeout,
             ``on_stall="restart"``); then it fails.
         start_method: Process backend: ``"spawn"`` (default; safe with CUDA) or
             ``"forkserver"``.
+        address: Ray backend: the cluster to connect to (``"ray://head:10001"``,
+            ``"auto"``); default: the instance this process is connected to, else
+            ``RAY_ADDRESS``, else a local instance sized to the machine, which the last
+            pool using it shuts down.
         task_timeout: Seconds an item may run, counted from when a worker starts it;
             past it the item fails with `TaskTimeout` (handled by `on_error` like any
             task error) and its worker is replaced.  On threads the stuck thread is
@@ -184,6 +189,7 @@ class Pool(Executor):
         backend: str = "threads",
         retries: int = 0,
         start_method: str | None = None,
+        address: str | None = None,
         task_timeout: float | None = None,
         stall_timeout: float | None = None,
         on_stall: str | Callable[[StallReport], Any] = "report",
@@ -220,7 +226,12 @@ class Pool(Executor):
         self._progress = bool(progress)
         self._workers = tuple(Worker(i, device) for i, device in enumerate(parsed))
         self._backend: Backend = backend_class(
-            self._workers, setup, name=name or "", retries=retries, start_method=start_method
+            self._workers,
+            setup,
+            name=name or "",
+            retries=retries,
+            start_method=start_method,
+            address=address,
         )
         self._bars: weakref.WeakSet[Any] = weakref.WeakSet()  # open progress bars
         self._monitor: Monitor | None = None

@@ -14,6 +14,7 @@ __all__ = ["BACKENDS", "get_backend"]
 BACKENDS: dict[str, str] = {
     "threads": "steadypool._backends._threads",
     "processes": "steadypool._backends._processes",
+    "ray": "steadypool._backends._ray",
 }
 
 

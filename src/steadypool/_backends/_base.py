@@ -88,6 +88,7 @@ class Backend(ABC):
         retries: How often an item whose worker crashed or was killed (timeout,
             ``on_stall="restart"``) is run again on a fresh worker.
         start_method: How worker processes start, where the backend has processes.
+        address: The cluster to connect to, where the backend has one (Ray).
     """
 
     name: str
@@ -104,6 +105,7 @@ class Backend(ABC):
         name: str,
         retries: int = 0,
         start_method: str | None = None,
+        address: str | None = None,
     ) -> None: ...
 
     def prepare(self, fn: Callable[..., Any]) -> None:  # noqa: B027 - optional hook

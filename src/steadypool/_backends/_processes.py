@@ -164,7 +164,10 @@ class ProcessBackend(Backend):
         name: str,
         retries: int = 0,
         start_method: str | None = None,
+        address: str | None = None,
     ) -> None:
+        if address is not None:
+            raise ValueError(f"address={address!r} applies to backend='ray' only")
         self.name = name or f"pool{next(_pool_ids)}"
         self.last_done = 0.0
         self._retries = retries

@@ -103,7 +103,10 @@ class ThreadBackend(Backend):
         name: str,
         retries: int = 0,
         start_method: str | None = None,
+        address: str | None = None,
     ) -> None:
+        if address is not None:
+            raise ValueError(f"address={address!r} applies to backend='ray' only")
         if retries:
             raise ValueError(
                 f"retries={retries} needs a backend that can kill a stuck or crashed worker "

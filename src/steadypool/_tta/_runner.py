@@ -62,6 +62,7 @@ class CamConfig:
     format: str = "psa"
     devices: tuple[str, ...] = ("cpu",)
     backend: str = "threads"
+    address: str | None = None  # Ray cluster (backend "ray")
     pred_dir: Path | None = None
     bg: float = 0.2
     overlay_dir: Path | None = None
@@ -211,7 +212,7 @@ def run_cam(config: CamConfig) -> CamSummary:
     # at 4 scales) cost more to send than to compute (psa on processes, 2 cores: 0.45x ->
     # 1.41x the psa pattern).  With GPUs the parent's CPU workers resize in parallel while
     # the GPU workers only run the network (on an H100: 17 images/s against 7.4).
-    resize_in_worker = config.backend == "processes" and all(
+    resize_in_worker = config.backend in ("processes", "ray") and all(
         d.startswith("cpu") for d in config.devices
     )
 
@@ -255,6 +256,7 @@ def run_cam(config: CamConfig) -> CamSummary:
             devices=list(config.devices),
             setup=_replica(config.model, config.weights),
             backend=config.backend,
+            address=config.address,
             name="cam-dev",
         ) as dev,
     ):

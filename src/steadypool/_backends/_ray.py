@@ -1,0 +1,502 @@
+"""Ray backend: one Ray actor per worker, on a local instance or a cluster.
+
+Data flow::
+
+    submit() --(_lock)--> an idle actor: actor.run.remote(fn_ref, args, kwargs)
+                          else _pending
+    Ray completes the call's future --done callback (a Ray thread)--> _finished():
+        owner.put(outcome), then the next pending item goes to the same actor
+    watchdog --busy()/stack()/fail()--> fail() kills the actor (ray.kill), replaces it
+
+Who owns what: `_lock` guards `_pending`, `_closed`, `_broken`, `_slots` and every
+`slot.running`.  Whoever moves a `slot.running` from a run to None owns that run's
+outcome: the call's done-callback, or `fail()`.  So every item gets exactly one
+outcome, also when an actor dies (its call's future fails: `WorkerCrashed`, retried up
+to `retries` times on a fresh actor) or is killed by the watchdog.
+
+What wakes whom: no thread of ours waits on Ray.  Ray completes each call's future;
+the callbacks deliver and dispatch.  ``shutdown(wait=True)`` waits on `_idle`
+(a Condition notified whenever an actor finishes) in slices.
+
+Ray is imported only when this backend is used.  If no Ray instance is connected, the
+first pool starts a local one sized to the machine, and the last pool that used it
+shuts it down: steadypool never leaves behind a Ray instance it started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import cloudpickle
+
+from .. import _remote
+from .._devices import activate
+from .._exceptions import BrokenPool, PoolClosed, WorkerCrashed
+from .._stats import WorkerStats
+from .._worker import Worker, bind, describe
+from ._base import Backend, Busy
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from ._base import Task
+
+__all__ = ["BACKEND", "RayBackend"]
+
+logger = logging.getLogger("steadypool")
+_JOIN_SLICE = 0.5
+_pool_ids = itertools.count()
+_task_ids = itertools.count()
+
+# The Ray instance steadypool started (if any) and how many pools use it.
+_ray_lock = threading.Lock()
+_ray_users = 0
+_ray_started_here = False
+
+
+def _connect(address: str | None) -> Any:
+    global _ray_users, _ray_started_here
+    import ray
+
+    with _ray_lock:
+        if not ray.is_initialized():
+            address = address or os.environ.get("RAY_ADDRESS")
+            if address:
+                ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
+            else:
+                ray.init(
+                    num_cpus=os.cpu_count(),
+                    include_dashboard=False,
+                    logging_level=logging.ERROR,
+                    log_to_driver=False,
+                )
+                _ray_started_here = True
+        _ray_users += 1
+    return ray
+
+
+def _disconnect() -> None:
+    global _ray_users, _ray_started_here
+    import ray
+
+    with _ray_lock:
+        _ray_users -= 1
+        if _ray_users == 0 and _ray_started_here:
+            ray.shutdown()
+            _ray_started_here = False
+
+
+class _Actor:
+    """The body of one worker actor (wrapped with ray.remote on first use)."""
+
+    def __init__(self, worker: Worker, setup: bytes | None) -> None:
+        self.worker = worker
+        self.setup_bytes = setup
+        self.ident = 0
+
+    def setup(self) -> tuple[bool, Any, int, str]:
+        import ray
+
+        node = ray.get_runtime_context().get_node_id()
+        try:
+            bind(self.worker)
+            activate(self.worker.device)
+            if self.setup_bytes is not None:
+                self.worker = self.worker.with_state(
+                    cloudpickle.loads(self.setup_bytes)(self.worker)
+                )
+        except BaseException as exc:
+            return False, _remote.exception_payload(exc), os.getpid(), node
+        return True, None, os.getpid(), node
+
+    def run(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any] | None
+    ) -> tuple[bool, Any]:
+        bind(self.worker)
+        self.ident = threading.get_ident()
+        try:
+            return True, fn(*args) if kwargs is None else fn(*args, **kwargs)
+        except BaseException as exc:
+            return False, _remote.exception_payload(exc)
+
+    def stack(self) -> str:
+        frame = sys._current_frames().get(self.ident)
+        if frame is None:
+            return ""
+        return "".join(traceback.format_stack(frame))
+
+
+class _Slot:
+    """One actor holding a worker index."""
+
+    __slots__ = (
+        "actor",
+        "busy",
+        "failed",
+        "items",
+        "ready",
+        "running",
+        "waited",
+        "where",
+        "worker",
+    )
+
+    def __init__(self, worker: Worker, actor: Any) -> None:
+        self.worker = worker
+        self.actor = actor
+        self.ready = False
+        self.running: _Run | None = None
+        self.where = "actor starting"
+        self.items = self.failed = 0
+        self.busy = self.waited = 0.0
+
+
+class _Run:
+    __slots__ = ("attempts", "begun", "started", "task", "task_id")
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+        self.task_id = next(_task_ids)
+        self.attempts = 1
+        self.begun = False
+        self.started = 0.0
+
+
+class RayBackend(Backend):
+    """Runs tasks on Ray actors (a local instance, or the cluster at `address`)."""
+
+    can_kill = True
+    replacing = "its Ray actor was killed and a fresh one took its place"
+
+    def __init__(
+        self,
+        workers: Sequence[Worker],
+        setup: Callable[[Worker], Any] | None,
+        *,
+        name: str,
+        retries: int = 0,
+        start_method: str | None = None,
+        address: str | None = None,
+    ) -> None:
+        if start_method is not None:
+            raise ValueError(f"start_method={start_method!r} applies to backend='processes'")
+        self.name = name or f"pool{next(_pool_ids)}"
+        self.last_done = 0.0
+        self._retries = retries
+        try:
+            self._setup = None if setup is None else cloudpickle.dumps(setup)
+        except Exception as why:
+            raise TypeError(f"setup {setup!r} cannot be sent to Ray actors: {why}") from why
+        self._ray = _connect(address)
+        self._actor_class = self._ray.remote(concurrency_groups={"control": 1})(_Actor)
+        # Re-entrant: a call's done-callback may run at once, in the thread that added it.
+        self._lock = threading.RLock()
+        self._idle = threading.Condition(self._lock)
+        self._pending: deque[_Run] = deque()
+        self._closed = False
+        self._disconnected = False
+        self._broken: BrokenPool | None = None
+        self._workers = list(workers)
+        self._slots: dict[int, _Slot] = {}
+        self._history: list[_Slot] = []
+        self._fn_refs: dict[int, tuple[Any, Any]] = {}
+        with self._lock:
+            for worker in self._workers:
+                self._start(worker)
+
+    # --- actors ------------------------------------------------------------------------------
+
+    def _start(self, worker: Worker) -> None:
+        """Create the actor for `worker` and run its setup (caller holds `_lock`)."""
+        # CPU actors reserve no CPU (a pool may have more workers than the cluster has
+        # CPUs, e.g. for I/O) and are spread over the nodes; a GPU actor asks for one GPU,
+        # which Ray picks and shows it as cuda:0.
+        seen: str | None = worker.device
+        options: dict[str, Any] = {"num_cpus": 0, "scheduling_strategy": "SPREAD"}
+        if worker.device is not None and worker.device.startswith("cuda"):
+            seen, options = "cuda:0", {"num_cpus": 0, "num_gpus": 1}
+        actor = self._actor_class.options(name=None, max_concurrency=1, **options).remote(
+            Worker(worker.index, seen), self._setup
+        )
+        slot = _Slot(worker, actor)
+        self._slots[worker.index] = slot
+        self._history.append(slot)
+        actor.setup.remote().future().add_done_callback(
+            lambda future, slot=slot: self._set_up(slot, future)
+        )
+
+    def _set_up(self, slot: _Slot, future: Any) -> None:
+        try:
+            ok, error, pid, node = future.result()
+        except Exception as exc:  # the actor died while starting
+            ok, error, pid, node = False, (exc, "".join(traceback.format_exception(exc))), 0, ""
+        if not ok:
+            cause, text = error
+            broken = BrokenPool(
+                f"setup(worker) raised {type(cause).__name__}: {cause} on "
+                f"{describe(slot.worker.index, slot.worker.device)} of pool {self.name!r} "
+                "(a Ray actor); the pool cannot run tasks. Fix setup (its traceback is the "
+                "cause below) and create a new Pool.",
+                worker=slot.worker,
+            )
+            broken.__cause__ = _remote.rebuild_exception(cause, text)
+            self._break(broken)
+            return
+        with self._lock:
+            slot.where = f"Ray actor pid {pid} on node {node[:12]}"
+            slot.ready = True
+        self._dispatch(slot)
+
+    def _dispatch(self, slot: _Slot) -> None:
+        """Give `slot` its next pending item, if it is idle."""
+        with self._lock:
+            if (
+                not slot.ready
+                or slot.running is not None
+                or self._slots.get(slot.worker.index) is not slot
+            ):
+                return
+            run = None
+            while self._pending:
+                candidate = self._pending.popleft()
+                if candidate.begun or candidate.task[4].begin(candidate.task[0]):
+                    candidate.begun = True
+                    run = candidate
+                    break
+            if run is None:
+                self._idle.notify_all()
+                return
+            run.started = time.monotonic()
+            slot.running = run
+        slot.waited += run.started - run.task[5]
+        _key, fn, args, kwargs, _owner, _queued = run.task
+        ref = slot.actor.run.remote(self._fn_ref(fn), args, kwargs)
+        ref.future().add_done_callback(
+            lambda future, slot=slot, run=run: self._finished(slot, run, future)
+        )
+
+    def _fn_ref(self, fn: Callable[..., Any]) -> Any:
+        """The function in Ray's object store, put once per function (and kept alive)."""
+        entry = self._fn_refs.get(id(fn))
+        if entry is None or entry[0] is not fn:
+            entry = (fn, self._ray.put(fn))
+            self._fn_refs[id(fn)] = entry
+            if len(self._fn_refs) > 128:
+                self._fn_refs.pop(next(iter(self._fn_refs)))
+        return entry[1]
+
+    def _finished(self, slot: _Slot, run: _Run, future: Any) -> None:
+        finished = time.monotonic()
+        with self._lock:
+            if slot.running is not run:
+                return  # claimed by the watchdog: its outcome is delivered
+            slot.running = None
+        key, owner = run.task[0], run.task[4]
+        try:
+            ok, value = future.result()
+        except Exception as exc:
+            self._crashed(slot, run, exc)
+            return
+        slot.busy += finished - run.started
+        slot.items += 1
+        self.last_done = finished
+        if ok:
+            owner.put((key, True, value, slot.worker))
+        else:
+            slot.failed += 1
+            remote, text = value
+            owner.put((key, False, _remote.rebuild_exception(remote, text), slot.worker))
+        self._dispatch(slot)
+
+    def _crashed(self, slot: _Slot, run: _Run, cause: BaseException) -> None:
+        ray = self._ray
+        if not isinstance(cause, ray.exceptions.RayActorError):
+            # The call failed without the actor dying: its result could not travel back.
+            run.task[4].put(
+                (
+                    run.task[0],
+                    False,
+                    _remote.rebuild_exception(
+                        RuntimeError(
+                            f"the result could not be sent back from the Ray actor: "
+                            f"{type(cause).__name__}: {cause}"
+                        ),
+                        "",
+                    ),
+                    slot.worker,
+                )
+            )
+            self._dispatch(slot)
+            return
+        with self._lock:
+            requeue = run.attempts <= self._retries
+            if requeue:
+                run.attempts += 1
+                self._pending.appendleft(run)
+            replace = self._slots.get(slot.worker.index) is slot and self._broken is None
+            if replace:
+                self._start(slot.worker)
+        item = run.task[4].position(run.task[0])
+        crash = WorkerCrashed(
+            f"{describe(slot.worker.index, slot.worker.device)} ({slot.where}) died while "
+            f"running {'a submitted task' if item is None else f'item {item}'}: "
+            f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}; "
+            "likely cause: the actor was killed (ray.kill, the OOM killer) or its node was "
+            "lost. "
+            + ("Retrying it; " if requeue else "The item failed; ")
+            + "a fresh actor takes its place.",
+            worker=slot.worker,
+        )
+        if requeue:
+            logger.warning("steadypool: %s", crash)
+        else:
+            run.task[4].put((run.task[0], False, crash, slot.worker))
+
+    def _break(self, broken: BrokenPool) -> None:
+        with self._lock:
+            if self._broken is None:
+                self._broken = broken
+            dropped = list(self._pending)
+            self._pending.clear()
+            self._idle.notify_all()
+        for run in dropped:
+            run.task[4].put((run.task[0], False, self._broken, None))
+
+    # --- the Backend interface -------------------------------------------------------------
+
+    @property
+    def broken(self) -> BrokenPool | None:
+        return self._broken
+
+    def prepare(self, fn: Callable[..., Any]) -> None:
+        try:
+            cloudpickle.dumps(fn, protocol=5)
+        except Exception as why:
+            raise TypeError(
+                f"the function {fn!r} cannot be sent to Ray actors: it cannot be pickled "
+                f"({type(why).__name__}: {why})"
+            ) from why
+
+    def submit(self, task: Task) -> None:
+        run = _Run(task)
+        with self._lock:
+            if self._closed:
+                raise PoolClosed("cannot submit to a steadypool Pool after shutdown()")
+            if self._broken is not None:
+                raise self._broken
+            self._pending.append(run)
+            idle = [s for s in self._slots.values() if s.ready and s.running is None]
+        for slot in idle[:1]:
+            self._dispatch(slot)
+
+    def shutdown(self, *, wait: bool, cancel: bool) -> None:
+        with self._lock:
+            self._closed = True
+            dropped = list(self._pending) if cancel else []
+            if cancel:
+                self._pending.clear()
+        for run in dropped:
+            run.task[4].drop(run.task[0])
+        if wait:
+            self._stop()
+        else:
+            threading.Thread(
+                target=self._stop, name=f"steadypool-{self.name}-stop", daemon=True
+            ).start()
+
+    def _stop(self) -> None:
+        """Wait until nothing runs or is queued, then kill the actors (once)."""
+        with self._lock:
+            # Like the other backends, every worker finishes its setup before it stops.
+            while self._broken is None and (
+                self._pending
+                or any(s.running is not None or not s.ready for s in self._slots.values())
+            ):
+                self._idle.wait(_JOIN_SLICE)  # notified whenever an actor goes idle
+            if self._disconnected:
+                return
+            self._disconnected = True
+            slots = list(self._slots.values())
+        for slot in slots:
+            with contextlib.suppress(Exception):
+                self._ray.kill(slot.actor, no_restart=True)
+        _disconnect()
+
+    def busy(self) -> list[Busy]:
+        found = []
+        for slot in list(self._slots.values()):
+            run = slot.running
+            if run is not None:
+                found.append(
+                    Busy(
+                        run.task_id,
+                        slot.worker,
+                        run.task[0],
+                        run.task[4],
+                        run.started,
+                        slot.where,
+                        (slot, run),
+                    )
+                )
+        return found
+
+    def stack(self, busy: Busy) -> str:
+        slot, run = busy.handle
+        if slot.running is not run:
+            return ""
+        try:
+            ref = slot.actor.stack.options(concurrency_group="control").remote()
+            text: str = self._ray.get(ref, timeout=2.0)
+        except Exception as exc:
+            return f"(no stack from the Ray actor: {type(exc).__name__})"
+        return text
+
+    def fail(self, busy: Busy, error: BaseException, *, retry: bool = False) -> bool:
+        slot, run = busy.handle
+        with self._lock:
+            if slot.running is not run:
+                return False
+            slot.running = None
+            requeue = retry and run.attempts <= self._retries
+            if requeue:
+                run.attempts += 1
+                self._pending.appendleft(run)
+            self._start(slot.worker)  # the replacement takes the index at once
+        with contextlib.suppress(Exception):
+            self._ray.kill(slot.actor, no_restart=True)
+        if not requeue:
+            run.task[4].put((run.task[0], False, error, slot.worker))
+        return True
+
+    def counts(self) -> tuple[int, int]:
+        return sum(s.items for s in self._history), len(self._pending)
+
+    def worker_stats(self) -> tuple[tuple[WorkerStats, ...], int, int]:
+        history = list(self._history)
+        stats = []
+        for worker in self._workers:
+            mine = [s for s in history if s.worker.index == worker.index]
+            stats.append(
+                WorkerStats(
+                    index=worker.index,
+                    device=worker.device,
+                    items=sum(s.items for s in mine),
+                    failed=sum(s.failed for s in mine),
+                    busy_seconds=sum(s.busy for s in mine),
+                    queue_wait_seconds=sum(s.waited for s in mine),
+                    replaced=max(0, len(mine) - 1),
+                )
+            )
+        return tuple(stats), 0, max(0, len(history) - len(self._workers))
+
+
+BACKEND = RayBackend

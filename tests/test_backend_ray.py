@@ -1,0 +1,145 @@
+"""Behaviour only the Ray backend has: actors killed from outside, timeouts, setup,
+and the Ray instance's life (run where the ray extra is installed)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+import steadypool as sp
+
+from ._faults import Gate, Journal, hang
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.ray
+WAIT = 60.0
+
+
+@pytest.fixture(autouse=True)
+def _ray(ray_instance: None) -> None:
+    """Every test here runs against the session's local Ray instance."""
+
+
+@pytest.fixture
+def gate(tmp_path: Path) -> Iterator[Gate]:
+    g = Gate(tmp_path / "gate")
+    yield g
+    g.set()
+
+
+def _actor(pool: sp.Pool, index: int) -> Any:
+    return pool._backend._slots[index].actor  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("retries", [0, 1])
+def test_ray_kill_of_a_busy_actor_fails_or_retries_its_item(
+    retries: int, tmp_path: Path, gate: Gate
+) -> None:
+    """ray.kill from outside: WorkerCrashed for that item (or a retry on a fresh actor);
+    a new actor takes the index and the pool goes on."""
+    started = Journal(tmp_path / "started")
+
+    def task(x: int) -> int:
+        started.record(x)
+        if len(started.read()) == 1:
+            hang(gate)
+        return x
+
+    with sp.Pool(1, backend="ray", retries=retries) as pool:
+        future = pool.submit(task, 7)
+        started.wait_for(1)
+        ray.kill(_actor(pool, 0), no_restart=True)
+        if retries:
+            assert future.result(WAIT) == 7
+        else:
+            with pytest.raises(sp.WorkerCrashed, match="Ray actor") as info:
+                future.result(WAIT)
+            assert "died while running a submitted task" in str(info.value)
+        assert pool.submit(abs, -5).result(WAIT) == 5
+        assert pool.stats().replaced == 1
+
+
+def test_task_timeout_kills_the_actor_and_the_pool_goes_on(gate: Gate) -> None:
+    """An item past task_timeout fails with TaskTimeout (its stack read from the actor);
+    its actor is replaced."""
+    with sp.Pool(1, backend="ray", task_timeout=1.0) as pool:
+        out = list(pool.imap(lambda x: hang(gate) if x == 1 else x, range(3), on_error="return"))
+        assert out[0] == 0
+        assert out[2] == 2
+        error = out[1]
+        assert isinstance(error, sp.TaskTimeout)
+        assert "in hang" in error.stack
+        assert pool.submit(abs, -2).result(WAIT) == 2
+
+
+def test_stall_report_names_the_actor_and_its_node(gate: Gate) -> None:
+    """A stall report on Ray says where: the actor's process and node, and its stack."""
+    reports: list[sp.StallReport] = []
+    with sp.Pool(1, backend="ray", stall_timeout=0.5, on_stall=reports.append) as pool:
+        future = pool.submit(hang, gate)
+        deadline = __import__("time").monotonic() + WAIT
+        while not reports:
+            assert __import__("time").monotonic() < deadline
+            __import__("time").sleep(0.02)
+        gate.set()
+        future.result(WAIT)
+    (busy,) = reports[0].busy
+    assert "Ray actor pid" in busy.where
+    assert "on node" in busy.where
+    assert "in hang" in busy.stack
+
+
+def test_setup_exception_breaks_the_pool() -> None:
+    """An exception in setup, in the actor: BrokenPool with the remote cause."""
+
+    def setup(worker: sp.Worker) -> None:
+        raise OSError("no such device")
+
+    with sp.Pool(2, backend="ray", setup=setup) as pool, pytest.raises(sp.BrokenPool) as info:
+        list(pool.imap(abs, range(4)))
+    assert isinstance(info.value.__cause__, OSError)
+
+
+def test_importing_steadypool_never_imports_ray() -> None:
+    """ray is an optional extra, loaded only by backend='ray'."""
+    code = (
+        "import steadypool, sys; sp = steadypool.Pool(1); sp.shutdown(); "
+        "print('ray' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip() == "False"
+
+
+STARTS_RAY = textwrap.dedent(
+    """
+    import ray, steadypool as sp
+    assert not ray.is_initialized()
+    with sp.Pool(2, backend="ray") as pool:
+        assert ray.is_initialized()
+        assert list(pool.imap(abs, [-1, -2, -3])) == [1, 2, 3]
+    print("left running:", ray.is_initialized())
+    """
+)
+
+
+def test_a_ray_instance_started_by_a_pool_is_shut_down_with_it() -> None:
+    """Without a connected instance a pool starts a local one, and leaves none behind."""
+    out = subprocess.run(
+        [sys.executable, "-c", STARTS_RAY],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+        env={**__import__("os").environ, "RAY_ADDRESS": ""},
+    )
+    assert "left running: False" in out.stdout
