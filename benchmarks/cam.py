@@ -17,6 +17,7 @@ Same model, same images, one run; images/s and ratios; per-device busy fraction.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import multiprocessing
@@ -259,6 +260,9 @@ def main() -> None:
             "steadypool cam psa, processes": lambda o: steady(
                 spec, devices, images, labels, o, "psa", "processes"
             ),
+            "steadypool cam psa, ray": lambda o: steady(
+                spec, devices, images, labels, o, "psa", "ray"
+            ),
             "irn pattern (process per device, static split)": lambda o: irn_pattern(
                 spec, devices, images, labels, names, o
             ),
@@ -268,7 +272,16 @@ def main() -> None:
             "steadypool cam irn, processes": lambda o: steady(
                 spec, devices, images, labels, o, "irn", "processes"
             ),
+            "steadypool cam irn, ray": lambda o: steady(
+                spec, devices, images, labels, o, "irn", "ray"
+            ),
         }
+        if importlib.util.find_spec("ray") is None:
+            runs = {k: v for k, v in runs.items() if not k.endswith(", ray")}
+        else:  # started once here, so the rows measure actors, not Ray's own start-up
+            import ray
+
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
         formats = set(args.formats.split(","))
         print(
             f"\n== CAM, {len(names)} images {args.size}, model {args.model}, devices "

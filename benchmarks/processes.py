@@ -98,10 +98,10 @@ def mpire(chunk_size: int | None) -> Runner:
     return pool
 
 
-def steady(kind: str, size: int | None = None) -> Runner:
+def steady(kind: str, size: int | None = None, backend: str = "processes") -> Runner:
     @contextlib.contextmanager
     def pool(workers: int) -> Iterator[MapFn]:
-        with sp.Pool(workers, backend="processes") as p:
+        with sp.Pool(workers, backend=backend) as p:
             if kind == "imap":
                 yield lambda fn, items: list(p.imap(fn, items, window=size))
             elif kind == "map":
@@ -122,6 +122,12 @@ UNCHUNKED: dict[str, Runner] = {
     "steadypool imap (default window)": steady("imap"),
     "steadypool imap window=64": steady("imap", 64),
 }
+try:  # Ray rows where the ray extra is installed (Ray started once, in main())
+    import ray
+except ImportError:
+    ray = None
+else:
+    UNCHUNKED["steadypool backend=ray imap window=64"] = steady("imap", 64, "ray")
 CHUNKED: dict[str, Runner] = {
     "ProcessPoolExecutor.map chunksize=64": ppe(64),
     "loky map chunksize=64": loky(64),
@@ -193,6 +199,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=HERE / "results" / "processes.json")
     args = parser.parse_args()
     repeat = 1 if args.quick else args.repeat
+    if ray is not None:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     w = args.workers
     rows: list[dict[str, Any]] = []
 
