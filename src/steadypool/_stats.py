@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import final
+from typing import TYPE_CHECKING, Protocol, final
 
-__all__ = ["PoolStats", "WorkerStats"]
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from ._worker import Worker
+
+__all__ = ["PoolStats", "WorkerStats", "per_worker"]
 
 
 @final
@@ -68,3 +73,33 @@ class PoolStats:
     def busy_seconds(self) -> float:
         """Total time workers spent running items."""
         return sum(w.busy_seconds for w in self.workers)
+
+
+class _Record(Protocol):
+    """What a backend keeps per worker it ran (a thread, a process, an actor)."""
+
+    worker: Worker
+    items: int
+    failed: int
+    busy: float
+    waited: float
+
+
+def per_worker(workers: Iterable[Worker], records: Iterable[_Record]) -> tuple[WorkerStats, ...]:
+    """Sum the records of each worker index (a replaced worker leaves several)."""
+    records = list(records)
+    stats = []
+    for worker in workers:
+        mine = [r for r in records if r.worker.index == worker.index]
+        stats.append(
+            WorkerStats(
+                index=worker.index,
+                device=worker.device,
+                items=sum(r.items for r in mine),
+                failed=sum(r.failed for r in mine),
+                busy_seconds=sum(r.busy for r in mine),
+                queue_wait_seconds=sum(r.waited for r in mine),
+                replaced=max(0, len(mine) - 1),
+            )
+        )
+    return tuple(stats)

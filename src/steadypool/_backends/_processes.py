@@ -47,7 +47,7 @@ import cloudpickle
 
 from .. import _remote
 from .._exceptions import BrokenPool, PoolClosed, WorkerCrashed
-from .._stats import WorkerStats
+from .._stats import WorkerStats, per_worker
 from .._worker import Worker, describe
 from ._base import Backend, Busy
 from ._child import FN_CACHE, child_main
@@ -345,23 +345,8 @@ class ProcessBackend(Backend):
 
     def worker_stats(self) -> tuple[tuple[WorkerStats, ...], int, int]:
         children = list(self._children)
-        stats = []
-        for worker in self._workers:
-            mine = [c for c in children if c.worker.index == worker.index]
-            stats.append(
-                WorkerStats(
-                    index=worker.index,
-                    device=worker.device,
-                    items=sum(c.items for c in mine),
-                    failed=sum(c.failed for c in mine),
-                    busy_seconds=sum(c.busy for c in mine),
-                    queue_wait_seconds=sum(c.waited for c in mine),
-                    replaced=max(0, len(mine) - 1),
-                )
-            )
-        return tuple(stats), 0, max(0, len(children) - len(self._workers))
-
-    # --- the manager thread ------------------------------------------------------------------
+        replaced = max(0, len(children) - len(self._workers))
+        return per_worker(self._workers, children), 0, replaced
 
     def _manage(self) -> None:
         try:

@@ -41,7 +41,7 @@ import cloudpickle
 from .. import _remote
 from .._devices import activate
 from .._exceptions import BrokenPool, PoolClosed, WorkerCrashed
-from .._stats import WorkerStats
+from .._stats import WorkerStats, per_worker
 from .._worker import Worker, bind, describe
 from ._base import Backend, Busy
 
@@ -482,21 +482,8 @@ class RayBackend(Backend):
 
     def worker_stats(self) -> tuple[tuple[WorkerStats, ...], int, int]:
         history = list(self._history)
-        stats = []
-        for worker in self._workers:
-            mine = [s for s in history if s.worker.index == worker.index]
-            stats.append(
-                WorkerStats(
-                    index=worker.index,
-                    device=worker.device,
-                    items=sum(s.items for s in mine),
-                    failed=sum(s.failed for s in mine),
-                    busy_seconds=sum(s.busy for s in mine),
-                    queue_wait_seconds=sum(s.waited for s in mine),
-                    replaced=max(0, len(mine) - 1),
-                )
-            )
-        return tuple(stats), 0, max(0, len(history) - len(self._workers))
+        replaced = max(0, len(history) - len(self._workers))
+        return per_worker(self._workers, history), 0, replaced
 
 
 BACKEND = RayBackend

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._devices import activate
 from .._exceptions import BrokenPool, PoolClosed
-from .._stats import WorkerStats
+from .._stats import WorkerStats, per_worker
 from .._worker import Worker, bind, describe
 from ._base import Backend, Busy
 
@@ -305,23 +305,9 @@ class ThreadBackend(Backend):
     def worker_stats(self) -> tuple[tuple[WorkerStats, ...], int, int]:
         with self._lock:
             slots = list(self._slots)
-            indexes = sorted(self._live)
-        per_worker = []
-        for index in indexes:
-            mine = [s for s in slots if s.worker.index == index]
-            per_worker.append(
-                WorkerStats(
-                    index=index,
-                    device=mine[0].worker.device,
-                    items=sum(s.items for s in mine),
-                    failed=sum(s.failed for s in mine),
-                    busy_seconds=sum(s.busy for s in mine),
-                    queue_wait_seconds=sum(s.waited for s in mine),
-                    replaced=len(mine) - 1,
-                )
-            )
+            workers = [self._live[index].worker for index in sorted(self._live)]
         abandoned = sum(1 for s in slots if s.abandoned and _alive(s))
-        return tuple(per_worker), abandoned, len(slots) - len(indexes)
+        return per_worker(workers, slots), abandoned, len(slots) - len(workers)
 
 
 def _alive(slot: _Slot) -> bool:
