@@ -22,6 +22,7 @@ import pickle
 import signal
 import sys
 import threading
+import types
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
@@ -122,7 +123,7 @@ def child_main(
         _tag, task_id, fn_id, fn_bytes = envelope
         try:
             if fn_bytes is not None:
-                fns[fn_id] = pickle.loads(fn_bytes)
+                fns[fn_id] = _load_function(fn_bytes)
             fn = fns[fn_id]
             fns.move_to_end(fn_id)
             while len(fns) > FN_CACHE:
@@ -147,6 +148,24 @@ def child_main(
         frames_out: list[bytes | memoryview] = [pickle.dumps(("ok", task_id), protocol=5)]
         _remote.send_frames(sock, frames_out + payload)
         del payload
+
+
+def _load_function(data: bytes) -> Callable[..., Any]:
+    """Unpickle a function sent by the parent, with its source file's name restored."""
+    payload, filename = pickle.loads(data)
+    fn: Callable[..., Any] = pickle.loads(payload)
+    code = getattr(fn, "__code__", None)
+    if filename and isinstance(code, types.CodeType) and code.co_filename.startswith("<"):
+        with contextlib.suppress(AttributeError, TypeError, ValueError):
+            fn.__code__ = _refile(code, filename)
+    return fn
+
+
+def _refile(code: types.CodeType, filename: str) -> types.CodeType:
+    consts = tuple(
+        _refile(c, filename) if isinstance(c, types.CodeType) else c for c in code.co_consts
+    )
+    return code.replace(co_filename=filename, co_consts=consts)
 
 
 def _short_repr(obj: object) -> str:

@@ -218,7 +218,10 @@ class ProcessBackend(Backend):
                 self._fn_cache.move_to_end(id(fn))
                 return entry[1], entry[2]
         try:
-            data = cloudpickle.dumps(fn, protocol=5)
+            # With its source file: cloudpickle >= 3.1.3 writes "<dynamic-code>" in its
+            # place, and remote tracebacks would lose their source lines.
+            filename = getattr(getattr(fn, "__code__", None), "co_filename", None)
+            data = pickle.dumps((cloudpickle.dumps(fn, protocol=5), filename))
         except Exception as why:
             raise TypeError(
                 f"the function {fn!r} cannot be sent to worker processes: it cannot be "
