@@ -239,7 +239,7 @@ def test_stall_restart_kills_and_retries_with_the_child_stack_in_the_report(
 def test_a_child_is_shown_only_its_device() -> None:
     """A worker for cuda:N runs with CUDA_VISIBLE_DEVICES=N and calls it cuda:0 (the
     real thing runs in tests/test_gpu.py on a machine with GPUs)."""
-    from steadypool._backends._processes import _child_view
+    from steadypool._devices import child_view as _child_view
 
     assert _child_view("cuda:1") == ("cuda:0", {"CUDA_VISIBLE_DEVICES": "1"})
     assert _child_view("cpu") == ("cpu", {})

@@ -9,7 +9,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["activate", "check_available", "parse_devices"]
+__all__ = ["activate", "check_available", "child_view", "parse_devices"]
 
 _KINDS = ("cpu", "cuda", "mps", "xpu")
 _PATTERN = re.compile(r"^(?P<kind>[a-z]+)(?::(?P<index>\d+))?$")
@@ -106,3 +106,23 @@ def activate(device: str | None) -> None:
     index = int(device.split(":", 1)[1])
     cuda.set_device(index)
     cuda.set_stream(cuda.Stream(index))
+
+
+def child_view(device: str | None, cpu_share: int = 0) -> tuple[str | None, dict[str, str]]:
+    """The device as the child sees it, and the environment that makes it so.
+
+    A worker pinned to the CPU gets `cpu_share` threads for its math libraries (torch,
+    numpy's BLAS): the cores divided among the CPU workers, so that N worker processes
+    do not each start a thread per core (set before they load, which is why it is an
+    environment variable).
+    """
+    if device is not None and device.startswith("cuda:"):
+        return "cuda:0", {"CUDA_VISIBLE_DEVICES": device.split(":", 1)[1]}
+    if device is not None and device.startswith("cpu") and cpu_share:
+        threads = str(cpu_share)
+        return device, {
+            "OMP_NUM_THREADS": threads,
+            "MKL_NUM_THREADS": threads,
+            "OPENBLAS_NUM_THREADS": threads,
+        }
+    return device, {}

@@ -25,10 +25,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RemoteTraceback",
+    "argument_error",
     "describe_exit",
     "dumps",
     "exception_payload",
     "loads",
+    "main_thread_stack",
     "rebuild_exception",
     "recv_frames",
     "send_frames",
@@ -171,3 +173,36 @@ def likely_cause(exitcode: int | None) -> str:
     if exitcode is not None and exitcode in LIKELY_CAUSES:
         return LIKELY_CAUSES[exitcode]
     return "the task (or a library it called) ended the process, e.g. with os._exit()"
+
+
+def main_thread_stack(dump: str, ident: int) -> str:
+    """The block of a faulthandler dump that belongs to the child's main thread."""
+    blocks = [b for b in dump.split("\n\n") if b.strip()]
+    marker = f"0x{ident:016x}"
+    for block in blocks:
+        if marker in block.splitlines()[0]:
+            return "(worker process stack, most recent call first)\n" + block.split("\n", 1)[-1]
+    return dump
+
+
+def argument_error(
+    args: tuple[Any, ...], kwargs: dict[str, Any] | None, why: Exception
+) -> Exception:
+    """Name the argument that cannot be pickled (only called on the error path)."""
+    named = [(f"argument {i}", a) for i, a in enumerate(args)]
+    named += [(f"keyword argument {k!r}", v) for k, v in (kwargs or {}).items()]
+    for label, value in named:
+        try:
+            cloudpickle.dumps(value, protocol=5)
+        except Exception as inner:
+            text = repr(value)
+            text = text if len(text) <= 80 else text[:77] + "..."
+            error = pickle.PicklingError(
+                f"{label}, {text} ({type(value).__qualname__}), cannot be sent to a worker "
+                f"process: {type(inner).__name__}: {inner}"
+            )
+            error.__cause__ = inner
+            return error
+    error = pickle.PicklingError(f"the arguments cannot be sent to a worker process: {why}")
+    error.__cause__ = why
+    return error

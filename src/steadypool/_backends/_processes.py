@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 import cloudpickle
 
 from .. import _remote
+from .._devices import child_view
 from .._exceptions import BrokenPool, PoolClosed, WorkerCrashed
 from .._stats import WorkerStats, per_worker
 from .._worker import Worker, describe
@@ -128,26 +129,6 @@ class _Child:
         self.failed = 0
         self.busy = 0.0
         self.waited = 0.0
-
-
-def _child_view(device: str | None, cpu_share: int = 0) -> tuple[str | None, dict[str, str]]:
-    """The device as the child sees it, and the environment that makes it so.
-
-    A worker pinned to the CPU gets `cpu_share` threads for its math libraries (torch,
-    numpy's BLAS): the cores divided among the CPU workers, so that N worker processes
-    do not each start a thread per core (set before they load, which is why it is an
-    environment variable).
-    """
-    if device is not None and device.startswith("cuda:"):
-        return "cuda:0", {"CUDA_VISIBLE_DEVICES": device.split(":", 1)[1]}
-    if device is not None and device.startswith("cpu") and cpu_share:
-        threads = str(cpu_share)
-        return device, {
-            "OMP_NUM_THREADS": threads,
-            "MKL_NUM_THREADS": threads,
-            "OPENBLAS_NUM_THREADS": threads,
-        }
-    return device, {}
 
 
 class ProcessBackend(Backend):
@@ -245,7 +226,7 @@ class ProcessBackend(Backend):
         try:
             frames = _remote.dumps((args, kwargs))
         except Exception as why:
-            owner.put((key, False, _argument_error(args, kwargs, why), None))
+            owner.put((key, False, _remote.argument_error(args, kwargs, why), None))
             return
         run = _Run(task, frames, fn_id, fn_bytes)
         with self._lock:
@@ -313,7 +294,7 @@ class ProcessBackend(Backend):
             if now and now == text:
                 break  # stopped growing: the dump is complete
             text = now
-        return _main_thread_stack(text, child.main_ident)
+        return _remote.main_thread_stack(text, child.main_ident)
 
     def fail(self, busy: Busy, error: BaseException, *, retry: bool = False) -> bool:
         child, run = busy.handle
@@ -396,7 +377,7 @@ class ProcessBackend(Backend):
             1 for w in self._workers if w.device is not None and w.device.startswith("cpu")
         )
         share = max(1, (os.cpu_count() or 1) // on_cpu) if on_cpu else 0
-        seen, env = _child_view(worker.device, share)
+        seen, env = child_view(worker.device, share)
         parent_sock, child_sock = socket.socketpair()
         parent_life, child_life = socket.socketpair()
         generation = sum(1 for c in self._children if c.worker.index == worker.index)
@@ -620,39 +601,6 @@ class ProcessBackend(Backend):
         with contextlib.suppress(OSError):
             os.rmdir(self._dump_dir)
         _live_backends.discard(self)
-
-
-def _main_thread_stack(dump: str, ident: int) -> str:
-    """The block of a faulthandler dump that belongs to the child's main thread."""
-    blocks = [b for b in dump.split("\n\n") if b.strip()]
-    marker = f"0x{ident:016x}"
-    for block in blocks:
-        if marker in block.splitlines()[0]:
-            return "(worker process stack, most recent call first)\n" + block.split("\n", 1)[-1]
-    return dump
-
-
-def _argument_error(
-    args: tuple[Any, ...], kwargs: dict[str, Any] | None, why: Exception
-) -> Exception:
-    """Name the argument that cannot be pickled (only called on the error path)."""
-    named = [(f"argument {i}", a) for i, a in enumerate(args)]
-    named += [(f"keyword argument {k!r}", v) for k, v in (kwargs or {}).items()]
-    for label, value in named:
-        try:
-            cloudpickle.dumps(value, protocol=5)
-        except Exception as inner:
-            text = repr(value)
-            text = text if len(text) <= 80 else text[:77] + "..."
-            error = pickle.PicklingError(
-                f"{label}, {text} ({type(value).__qualname__}), cannot be sent to a worker "
-                f"process: {type(inner).__name__}: {inner}"
-            )
-            error.__cause__ = inner
-            return error
-    error = pickle.PicklingError(f"the arguments cannot be sent to a worker process: {why}")
-    error.__cause__ = why
-    return error
 
 
 def _kill_all_at_exit() -> None:
