@@ -19,10 +19,11 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 from ._backends import get_backend
 from ._devices import check_available, parse_devices
 from ._exceptions import add_task_note
+from ._map import map_results, run_chunk
 from ._stats import PoolStats
 from ._stream import run_stream
 from ._watchdog import Monitor, StallReport, Watchdog
-from ._worker import Worker, current_worker
+from ._worker import Worker
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Generator, Iterable, Sequence
@@ -102,24 +103,6 @@ class _FutureOwner:
 
 
 _FUTURES = _FutureOwner()
-
-
-def _run_chunk(
-    fn: Callable[..., T], start: int, chunk: list[tuple[Any, ...]]
-) -> tuple[list[T], BaseException | None]:
-    """Run `fn` over one chunk of `map`, up to its first error.
-
-    Returns the results before the error and the error (noted with its exact input
-    position), so that `map` yields those results before raising: nothing is lost.
-    """
-    results = []
-    for offset, args in enumerate(chunk):
-        try:
-            results.append(fn(*args))
-        except BaseException as exc:
-            add_task_note(exc, start + offset, current_worker())
-            return results, exc
-    return results, None
 
 
 class Pool(Executor):
@@ -329,13 +312,13 @@ class Pool(Executor):
         argtuples = zip(*iterables, strict=False)
         if chunksize == 1:
             futures = [self._submit_at(pos, fn, args) for pos, args in enumerate(argtuples)]
-            return _map_results(futures, end, chunked=False)
+            return map_results(futures, end, chunked=False)
         chunks: list[Future[Any]] = []
         start = 0
         while chunk := list(islice(argtuples, chunksize)):
-            chunks.append(self._submit_at(None, _run_chunk, (fn, start, chunk)))
+            chunks.append(self._submit_at(None, run_chunk, (fn, start, chunk)))
             start += len(chunk)
-        return _map_results(chunks, end, chunked=True)
+        return map_results(chunks, end, chunked=True)
 
     @overload
     def imap(
@@ -523,28 +506,3 @@ def _close(backend: Backend, monitor: Monitor | None, *, wait: bool, cancel: boo
     finally:
         if monitor is not None:
             monitor.stop(wait=wait)
-
-
-def _map_results(
-    futures: list[Future[Any]], end: float | None, *, chunked: bool
-) -> Generator[Any, None, None]:
-    """Yield `map` results in order; cancel what is left when closed or failed."""
-    futures.reverse()  # pop() from the end is O(1) and drops each reference when done
-    try:
-        while futures:
-            future = futures[-1]
-            remaining = None if end is None else end - time.monotonic()
-            # Wake-up path: the task's outcome, a drop on shutdown(cancel), or the timeout.
-            result = future.result(remaining)
-            futures.pop()
-            if chunked:
-                results, error = result
-                yield from results
-                if error is not None:
-                    raise error
-            else:
-                yield result
-            del future, result
-    finally:
-        for future in futures:
-            future.cancel()

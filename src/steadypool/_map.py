@@ -1,0 +1,60 @@
+"""`Pool.map` helpers: running a chunk of items in a worker, yielding results in order."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ._exceptions import add_task_note
+from ._worker import current_worker
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Generator
+    from concurrent.futures import Future
+
+__all__ = ["map_results", "run_chunk"]
+
+T = TypeVar("T")
+
+
+def run_chunk(
+    fn: Callable[..., T], start: int, chunk: list[tuple[Any, ...]]
+) -> tuple[list[T], BaseException | None]:
+    """Run `fn` over one chunk of `map`, up to its first error.
+
+    Returns the results before the error and the error (noted with its exact input
+    position), so that `map` yields those results before raising: nothing is lost.
+    """
+    results = []
+    for offset, args in enumerate(chunk):
+        try:
+            results.append(fn(*args))
+        except BaseException as exc:
+            add_task_note(exc, start + offset, current_worker())
+            return results, exc
+    return results, None
+
+
+def map_results(
+    futures: list[Future[Any]], end: float | None, *, chunked: bool
+) -> Generator[Any, None, None]:
+    """Yield `map` results in order; cancel what is left when closed or failed."""
+    futures.reverse()  # pop() from the end is O(1) and drops each reference when done
+    try:
+        while futures:
+            future = futures[-1]
+            remaining = None if end is None else end - time.monotonic()
+            # Wake-up path: the task's outcome, a drop on shutdown(cancel), or the timeout.
+            result = future.result(remaining)
+            futures.pop()
+            if chunked:
+                results, error = result
+                yield from results
+                if error is not None:
+                    raise error
+            else:
+                yield result
+            del future, result
+    finally:
+        for future in futures:
+            future.cancel()
