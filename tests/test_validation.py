@@ -30,6 +30,8 @@ def one(x: int) -> int:
         ({"devices": [0]}, TypeError, r"each device must be a string"),
         ({"devices": ["cpu", "cpu"], "workers": 3}, ValueError, r"does not match the 2 devices"),
         ({"devices": ["cuda:7"]}, ValueError, r"cuda:7 is not available on this machine"),
+        ({"backend": "processes", "address": "auto"}, ValueError, r"applies to backend='ray'"),
+        ({"backend": "ray", "start_method": "spawn"}, ValueError, r"backend='processes' only"),
     ],
 )
 def test_pool_rejects_bad_arguments(kwargs: dict[str, Any], error: type, match: str) -> None:

@@ -70,6 +70,28 @@ def _check_seconds(name: str, value: object) -> float | None:
     return float(value)
 
 
+_OPTION_HINTS = {
+    "retries": "needs a backend that can kill a stuck or crashed worker and run the item "
+    "again on a fresh one: use backend='processes' or 'ray'",
+    "start_method": "applies to backend='processes' only",
+    "address": "applies to backend='ray' only",
+}
+
+
+def _check_options(
+    backend: str,
+    accepted: frozenset[str],
+    retries: int,
+    start_method: str | None,
+    address: str | None,
+) -> None:
+    """Refuse options the chosen backend does not take, before it starts."""
+    given = {"retries": retries, "start_method": start_method, "address": address}
+    for option, value in given.items():
+        if value not in (None, 0) and option not in accepted:
+            raise ValueError(f"{option}={value!r} {_OPTION_HINTS[option]} (backend={backend!r})")
+
+
 def _show_stall(bars: weakref.WeakSet[Any], report: StallReport | None) -> None:
     """Show a stall on every open progress bar of the pool (None: the stall is over)."""
     text = "" if report is None else f"STALLED {report.since_progress:.0f}s"
@@ -180,6 +202,7 @@ class Pool(Executor):
         name: str | None = None,
     ) -> None:
         backend_class = get_backend(backend)
+        _check_options(backend, backend_class.options, retries, start_method, address)
         _check_int("retries", retries, 0, "extra runs of an item whose worker died")
         if start_method is not None and start_method not in ("spawn", "forkserver"):
             raise ValueError(f"start_method must be 'spawn' or 'forkserver', got {start_method!r}")

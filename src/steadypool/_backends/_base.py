@@ -21,17 +21,19 @@ Contract every backend keeps (the core relies on it to never wait unboundedly):
 
 from __future__ import annotations
 
+import itertools
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol, TypeVar
 
 if TYPE_CHECKING:
+    from collections import deque
     from collections.abc import Callable, Sequence
 
     from .._exceptions import BrokenPool
     from .._stats import WorkerStats
     from .._worker import Worker
 
-__all__ = ["Backend", "Busy", "Outcome", "Owner", "Task"]
+__all__ = ["Backend", "Busy", "Outcome", "Owner", "Run", "Task", "take_runnable"]
 
 
 # What a worker reports for one task: (key, ok, value, worker).  `value` is the result,
@@ -77,6 +79,35 @@ class Busy(NamedTuple):
         return self.owner.position(self.key)
 
 
+class Run:
+    """One item on its way through a backend that queues items itself (processes, Ray):
+    queued, running, or queued again for a retry."""
+
+    __slots__ = ("attempts", "begun", "started", "task", "task_id")
+    _ids = itertools.count()
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+        self.task_id = next(Run._ids)
+        self.attempts = 1
+        self.begun = False  # owner.begin() was called (only once, even when retried)
+        self.started = 0.0
+
+
+R = TypeVar("R", bound=Run)
+
+
+def take_runnable(pending: deque[R]) -> R | None:
+    """Pop the next queued run whose owner still wants it (call `owner.begin` once per
+    run: a retried run has begun already); None when none is left."""
+    while pending:
+        run = pending.popleft()
+        if run.begun or run.task[4].begin(run.task[0]):
+            run.begun = True
+            return run
+    return None
+
+
 class Backend(ABC):
     """A set of workers that run tasks; one instance per `Pool`.
 
@@ -92,6 +123,9 @@ class Backend(ABC):
     """
 
     name: str
+    # The keywords beyond (workers, setup, name) this backend accepts; `Pool` refuses
+    # the others before creating it, so backends never check for options they lack.
+    options: ClassVar[frozenset[str]] = frozenset()
     can_kill: ClassVar[bool]  # whether a stuck worker can be killed (else abandoned)
     replacing: ClassVar[str]  # says, in messages, what happens to a failed worker
     last_done: float  # time.monotonic() when any task last finished (0.0: never)

@@ -28,6 +28,7 @@ wake pipe (a new task, shutdown, `fail()`).  No polling.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import itertools
 import logging
@@ -50,7 +51,7 @@ from .._devices import child_view
 from .._exceptions import BrokenPool, PoolClosed, WorkerCrashed
 from .._stats import WorkerStats, per_worker
 from .._worker import Worker, describe
-from ._base import Backend, Busy
+from ._base import Backend, Busy, Run, take_runnable
 from ._child import FN_CACHE, child_main
 
 if TYPE_CHECKING:
@@ -68,26 +69,21 @@ _STOP_GRACE = 3.0  # seconds a child gets to exit after "stop" before it is kill
 _STACK_WAIT = 1.0  # seconds to wait for a child's faulthandler dump
 _START_FAILURES = 3  # consecutive deaths of one index before it runs a task: broken
 _pool_ids = itertools.count()
-_task_ids = itertools.count()
 _live_backends: set[ProcessBackend] = set()  # for the exit hook; guarded by the GIL
 _PREFETCH_BELOW = 0.005  # seconds: prefetch a second task while tasks average less
 _ORDER = {"wake": 0, "message": 1, "died": 2}
 
 
-class _Run:
-    """One item on its way through the backend (queued, or running on a child)."""
+class _Run(Run):
+    """A `Run` with what it takes to send it: the pickled arguments and function."""
 
-    __slots__ = ("attempts", "begun", "fn_bytes", "fn_id", "frames", "started", "task", "task_id")
+    __slots__ = ("fn_bytes", "fn_id", "frames")
 
     def __init__(self, task: Task, frames: list[bytes | memoryview], fn_id: int, fn_bytes: bytes):
-        self.task = task
+        super().__init__(task)
         self.frames = frames
         self.fn_id = fn_id
         self.fn_bytes = fn_bytes
-        self.task_id = next(_task_ids)
-        self.attempts = 1
-        self.begun = False  # owner.begin() was called (only once, even when retried)
-        self.started = 0.0
 
 
 class _Child:
@@ -134,6 +130,7 @@ class _Child:
 class ProcessBackend(Backend):
     """Runs tasks in worker processes that can be killed and replaced."""
 
+    options = frozenset({"retries", "start_method"})
     can_kill = True
     replacing = "its worker process was killed and a fresh one took its place"
 
@@ -147,8 +144,6 @@ class ProcessBackend(Backend):
         start_method: str | None = None,
         address: str | None = None,
     ) -> None:
-        if address is not None:
-            raise ValueError(f"address={address!r} applies to backend='ray' only")
         self.name = name or f"pool{next(_pool_ids)}"
         self.last_done = 0.0
         self._retries = retries
@@ -413,13 +408,7 @@ class ProcessBackend(Backend):
                 continue
             while child.running is None or (prefetch and child.queued is None):
                 with self._lock:
-                    run = None
-                    while self._pending:
-                        candidate = self._pending.popleft()
-                        if candidate.begun or candidate.task[4].begin(candidate.task[0]):
-                            candidate.begun = True
-                            run = candidate
-                            break
+                    run = take_runnable(self._pending)
                     if run is None:
                         return
                     now = time.monotonic()
@@ -612,8 +601,7 @@ def _kill_all_at_exit() -> None:
                 child.process.kill()
 
 
-import atexit  # noqa: E402 - registered after multiprocessing's hook, so it runs first
-
+# Registered at import, after multiprocessing's own exit hook, so it runs first.
 atexit.register(_kill_all_at_exit)
 
 BACKEND = ProcessBackend

@@ -43,7 +43,7 @@ from .._devices import activate
 from .._exceptions import BrokenPool, PoolClosed, WorkerCrashed
 from .._stats import WorkerStats, per_worker
 from .._worker import Worker, bind, describe
-from ._base import Backend, Busy
+from ._base import Backend, Busy, Run, take_runnable
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -55,7 +55,6 @@ __all__ = ["BACKEND", "RayBackend"]
 logger = logging.getLogger("steadypool")
 _JOIN_SLICE = 0.5
 _pool_ids = itertools.count()
-_task_ids = itertools.count()
 
 # The Ray instance steadypool started (if any) and how many pools use it.
 _ray_lock = threading.Lock()
@@ -154,26 +153,16 @@ class _Slot:
         self.worker = worker
         self.actor = actor
         self.ready = False
-        self.running: _Run | None = None
+        self.running: Run | None = None
         self.where = "actor starting"
         self.items = self.failed = 0
         self.busy = self.waited = 0.0
 
 
-class _Run:
-    __slots__ = ("attempts", "begun", "started", "task", "task_id")
-
-    def __init__(self, task: Task) -> None:
-        self.task = task
-        self.task_id = next(_task_ids)
-        self.attempts = 1
-        self.begun = False
-        self.started = 0.0
-
-
 class RayBackend(Backend):
     """Runs tasks on Ray actors (a local instance, or the cluster at `address`)."""
 
+    options = frozenset({"retries", "address"})
     can_kill = True
     replacing = "its Ray actor was killed and a fresh one took its place"
 
@@ -187,8 +176,6 @@ class RayBackend(Backend):
         start_method: str | None = None,
         address: str | None = None,
     ) -> None:
-        if start_method is not None:
-            raise ValueError(f"start_method={start_method!r} applies to backend='processes'")
         self.name = name or f"pool{next(_pool_ids)}"
         self.last_done = 0.0
         self._retries = retries
@@ -201,7 +188,7 @@ class RayBackend(Backend):
         # Re-entrant: a call's done-callback may run at once, in the thread that added it.
         self._lock = threading.RLock()
         self._idle = threading.Condition(self._lock)
-        self._pending: deque[_Run] = deque()
+        self._pending: deque[Run] = deque()
         self._closed = False
         self._disconnected = False
         self._broken: BrokenPool | None = None
@@ -265,13 +252,7 @@ class RayBackend(Backend):
                 or self._slots.get(slot.worker.index) is not slot
             ):
                 return
-            run = None
-            while self._pending:
-                candidate = self._pending.popleft()
-                if candidate.begun or candidate.task[4].begin(candidate.task[0]):
-                    candidate.begun = True
-                    run = candidate
-                    break
+            run = take_runnable(self._pending)
             if run is None:
                 self._idle.notify_all()
                 return
@@ -294,7 +275,7 @@ class RayBackend(Backend):
                 self._fn_refs.pop(next(iter(self._fn_refs)))
         return entry[1]
 
-    def _finished(self, slot: _Slot, run: _Run, future: Any) -> None:
+    def _finished(self, slot: _Slot, run: Run, future: Any) -> None:
         finished = time.monotonic()
         with self._lock:
             if slot.running is not run:
@@ -317,7 +298,7 @@ class RayBackend(Backend):
             owner.put((key, False, _remote.rebuild_exception(remote, text), slot.worker))
         self._dispatch(slot)
 
-    def _crashed(self, slot: _Slot, run: _Run, cause: BaseException) -> None:
+    def _crashed(self, slot: _Slot, run: Run, cause: BaseException) -> None:
         ray = self._ray
         if not isinstance(cause, ray.exceptions.RayActorError):
             # The call failed without the actor dying: its result could not travel back.
@@ -387,7 +368,7 @@ class RayBackend(Backend):
             ) from why
 
     def submit(self, task: Task) -> None:
-        run = _Run(task)
+        run = Run(task)
         with self._lock:
             if self._closed:
                 raise PoolClosed("cannot submit to a steadypool Pool after shutdown()")

@@ -105,15 +105,6 @@ class ThreadBackend(Backend):
         start_method: str | None = None,
         address: str | None = None,
     ) -> None:
-        if address is not None:
-            raise ValueError(f"address={address!r} applies to backend='ray' only")
-        if retries:
-            raise ValueError(
-                f"retries={retries} needs a backend that can kill a stuck or crashed worker "
-                "and run the item again on a fresh one: use backend='processes'"
-            )
-        if start_method is not None:
-            raise ValueError(f"start_method={start_method!r} applies to backend='processes' only")
         self.name = name or f"pool{next(_pool_ids)}"
         self.last_done = 0.0
         self._setup = setup
