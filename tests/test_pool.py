@@ -7,7 +7,7 @@ import threading
 import time
 import traceback
 from concurrent.futures import CancelledError, Future, wait
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
 
@@ -250,6 +250,43 @@ def test_imap_batches_on_error_return_keeps_batch_shape(backend: str) -> None:
     assert [len(b) for b in batches] == [2, 2, 1]
     assert isinstance(batches[1][0], ValueError)
     assert batches[1][1] == 3
+
+
+def failing_input(n: int, bad: int) -> Iterator[int]:
+    """Yields 0 .. bad-1, then raises (an input that breaks part-way)."""
+    for i in range(n):
+        if i == bad:
+            raise OSError(f"input broke at {i}")
+        yield i
+
+
+@pytest.mark.parametrize("on_error", ["raise", "return"])
+def test_imap_input_error_comes_after_every_result_read_before_it(
+    backend: str, on_error: Literal["raise", "return"]
+) -> None:
+    """An input that raises: every item read before it is delivered, in order, then the
+    input's own exception, with a note naming the position (like builtin map)."""
+    got: list[Any] = []
+    with sp.Pool(2, backend=backend) as pool:
+        with pytest.raises(OSError, match="input broke at 6") as info:
+            for x in pool.imap(square, failing_input(20, 6), window=4, on_error=on_error):
+                got.append(x)
+    assert got == [0, 1, 4, 9, 16, 25]
+    assert any("input position 6" in note for note in info.value.__notes__)
+
+
+@pytest.mark.parametrize("on_error", ["raise", "return"])
+def test_imap_batches_input_error_comes_after_the_last_batch(
+    backend: str, on_error: Literal["raise", "return"]
+) -> None:
+    """imap_batches: the full batches and the short one read before the input failed
+    are yielded, then the input's exception."""
+    got: list[list[Any]] = []
+    with sp.Pool(2, backend=backend) as pool:
+        with pytest.raises(OSError, match="input broke at 5"):
+            for batch in pool.imap_batches(square, failing_input(20, 5), 2, on_error=on_error):
+                got.append(batch)
+    assert got == [[0, 1], [4, 9], [16]]
 
 
 # --- abandoning, shutdown ---------------------------------------------------------------

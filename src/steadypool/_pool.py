@@ -496,8 +496,9 @@ class Pool(Executor):
             cancel_futures: Cancel queued tasks instead of running them; a stream
                 waiting on one raises `concurrent.futures.CancelledError`.
 
-        **Idempotent;** safe to call from a task (it then does not wait for its own
-        worker).
+        **Idempotent;** safe to call from a task, even from several at once: called
+        from a worker of this pool it does not wait (the other workers may be waiting
+        for it); the caller outside the pool that shuts down with ``wait=True`` waits.
         """
         self._finalizer.detach()
         _close(self._backend, self._monitor, wait=wait, cancel=cancel_futures)

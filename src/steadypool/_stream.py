@@ -90,24 +90,31 @@ def run_stream(
     get = owner.results.get
     window: Window[Outcome] = Window(capacity, ordered=ordered)
     exhausted = False
-    closed: PoolClosed | None = None  # the pool was shut down under this stream
+    # Why reading stopped short, raised once everything read before it is delivered:
+    # the pool was shut down under this stream (PoolClosed), or the input raised.
+    stopped: Exception | None = None
     raise_errors = on_error == "raise"
     clock = time.monotonic
 
     def refill() -> None:
-        nonlocal exhausted, closed
+        nonlocal exhausted, stopped
         while not exhausted and window.has_room():
             try:
                 item = next(source)
             except StopIteration:
                 exhausted = True
                 return
+            except Exception as exc:
+                # Like builtin map: the results of the items read before come first.
+                exc.add_note(f"steadypool: raised by the input, reading input position {window.read}")
+                exhausted, stopped = True, exc
+                return
             try:
                 submit((window.read, fn, (item,), None, owner, clock()))
             except PoolClosed as exc:
                 # Deliver what is in flight (or its CancelledError) first, then say why
                 # the stream stopped short.
-                exhausted, closed = True, exc
+                exhausted, stopped = True, exc
                 return
             window.take_key()
 
@@ -135,8 +142,8 @@ def run_stream(
             if progress is not None:
                 progress.update(len(out))
             yield out if batched else out[0]
-        if closed is not None:
-            raise closed
+        if stopped is not None:
+            raise stopped
     finally:
         owner.cancelled = True
         if progress is not None:

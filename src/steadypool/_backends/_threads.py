@@ -165,12 +165,16 @@ class ThreadBackend(Backend):
         # Owners are told outside the lock: a Future's done-callbacks run user code.
         for task in dropped:
             task[4].drop(task[0])
-        if wait:
-            me = threading.current_thread()
+        me = threading.current_thread()
+        with self._lock:
+            own = any(s.thread is me for s in self._slots)
+        # A task that shuts its own pool down does not wait: the other workers may be
+        # waiting for it (two tasks calling shutdown(wait=True) at once would deadlock).
+        if wait and not own:
             while True:
                 with self._lock:
                     live = [s.thread for s in self._live.values() if s.thread is not None]
-                pending = [t for t in live if t is not me and t.is_alive()]
+                pending = [t for t in live if t.is_alive()]
                 if not pending:
                     break
                 pending[0].join(_JOIN_SLICE)
