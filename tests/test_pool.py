@@ -6,6 +6,7 @@ import gc
 import threading
 import time
 import traceback
+import weakref
 from concurrent.futures import CancelledError, Future, wait
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -287,6 +288,48 @@ def test_imap_batches_input_error_comes_after_the_last_batch(
             for batch in pool.imap_batches(square, failing_input(20, 5), 2, on_error=on_error):
                 got.append(batch)
     assert got == [[0, 1], [4, 9], [16]]
+
+
+class Model:
+    """Stands for something big a task uses or returns (weakly referenceable)."""
+
+    def __init__(self, value: int = 0) -> None:
+        self.value = value
+
+    def forward(self, x: int) -> int:
+        return self.value + x
+
+
+def collected(ref: weakref.ref[Any]) -> bool:
+    """Whether `ref`'s object is gone, allowing a moment for a worker to let go."""
+    deadline = time.monotonic() + WAIT
+    while ref() is not None and time.monotonic() < deadline:
+        gc.collect()
+        time.sleep(0.01)
+    return ref() is None
+
+
+@pytest.mark.parametrize("chunksize", [1, 3])
+def test_map_does_not_keep_results_it_yielded(backend: str, chunksize: int) -> None:
+    """Once map() hands a result out, the pool holds no reference to it (CPython's
+    test_free_reference)."""
+    with sp.Pool(2, backend=backend) as pool:
+        for obj in pool.map(Model, range(10), chunksize=chunksize):
+            ref = weakref.ref(obj)
+            del obj
+            assert collected(ref)
+
+
+def test_a_finished_task_keeps_no_reference_to_its_function(backend: str) -> None:
+    """A bound method's object (a model) is not kept alive by the pool once its task is
+    done (CPython's test_no_stale_references)."""
+    with sp.Pool(2, backend=backend) as pool:
+        model = Model(1)
+        ref = weakref.ref(model)
+        assert pool.submit(model.forward, 2).result(WAIT) == 3
+        assert list(pool.imap(model.forward, range(3))) == [1, 2, 3]
+        del model
+        assert collected(ref)
 
 
 # --- abandoning, shutdown ---------------------------------------------------------------

@@ -39,22 +39,24 @@ def map_results(
     futures: list[Future[Any]], end: float | None, *, chunked: bool
 ) -> Generator[Any, None, None]:
     """Yield `map` results in order; cancel what is left when closed or failed."""
-    futures.reverse()  # pop() from the end is O(1) and drops each reference when done
+    # Invariant: nothing here refers to a result once it is yielded (the caller may
+    # want it collected): each future is popped before its result is handed out, and a
+    # chunk's results are popped one by one.  pop() from the end is O(1).
+    futures.reverse()
     try:
         while futures:
-            future = futures[-1]
             remaining = None if end is None else end - time.monotonic()
             # Wake-up path: the task's outcome, a drop on shutdown(cancel), or the timeout.
-            result = future.result(remaining)
-            futures.pop()
-            if chunked:
-                results, error = result
-                yield from results
-                if error is not None:
-                    raise error
-            else:
-                yield result
-            del future, result
+            futures[-1].result(remaining)
+            if not chunked:
+                yield futures.pop().result()
+                continue
+            results, error = futures.pop().result()
+            results.reverse()
+            while results:
+                yield results.pop()
+            if error is not None:
+                raise error
     finally:
         for future in futures:
             future.cancel()

@@ -22,8 +22,11 @@ Contract every backend keeps (the core relies on it to never wait unboundedly):
 from __future__ import annotations
 
 import itertools
+import threading
+import weakref
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol, TypeVar
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, NamedTuple, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from collections import deque
@@ -33,7 +36,16 @@ if TYPE_CHECKING:
     from .._stats import WorkerStats
     from .._worker import Worker
 
-__all__ = ["Backend", "Busy", "Outcome", "Owner", "Run", "Task", "take_runnable"]
+__all__ = [
+    "Backend",
+    "Busy",
+    "FunctionCache",
+    "Outcome",
+    "Owner",
+    "Run",
+    "Task",
+    "take_runnable",
+]
 
 
 # What a worker reports for one task: (key, ok, value, worker).  `value` is the result,
@@ -106,6 +118,46 @@ def take_runnable(pending: deque[R]) -> R | None:
             run.begun = True
             return run
     return None
+
+
+V = TypeVar("V")
+
+
+class FunctionCache(Generic[V]):
+    """What a backend made of a function (its pickle, its object-store ref), reused while
+    the same function object is submitted again; it never keeps the function alive.
+
+    Entries are keyed by ``id(fn)`` and hold only a weak reference to `fn`, which tells a
+    live entry from one whose function died and whose id was reused.  A function that
+    cannot be weakly referenced is not cached (its value is made again each time).  The
+    `size` most recently used entries are kept.  `_lock` guards `_entries`.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[int, tuple[weakref.ref[Any], V]] = OrderedDict()
+
+    def get(self, fn: Callable[..., Any]) -> V | None:
+        """The value stored for this very function object, or None."""
+        with self._lock:
+            entry = self._entries.get(id(fn))
+            if entry is None or entry[0]() is not fn:
+                return None
+            self._entries.move_to_end(id(fn))
+            return entry[1]
+
+    def put(self, fn: Callable[..., Any], value: V) -> None:
+        """Store `value` for `fn` (nothing, if `fn` cannot be weakly referenced)."""
+        try:
+            ref = weakref.ref(fn)
+        except TypeError:
+            return
+        with self._lock:
+            self._entries[id(fn)] = (ref, value)
+            self._entries.move_to_end(id(fn))
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
 
 
 class Backend(ABC):

@@ -12,7 +12,7 @@ Who owns what:
 * The manager thread owns the children: it spawns them, talks on their sockets, reaps
   and replaces them.  Spawning from the manager matters: Linux's PR_SET_PDEATHSIG
   follows the thread that forked, and the manager is the last of ours to end.
-* `_lock` guards `_pending`, `_closed`, `_broken`, `_fn_cache` and every
+* `_lock` guards `_pending`, `_closed`, `_broken` and every
   `child.running`.  Whoever moves a `child.running` from a run to None owns that
   run's outcome: the manager when its result or the child's death arrives, `fail()`
   when the watchdog claims it.  So every item gets exactly one outcome.
@@ -51,7 +51,7 @@ from .._devices import child_view
 from .._exceptions import BrokenPool, PoolClosed, WorkerCrashed
 from .._stats import WorkerStats, per_worker
 from .._worker import Worker, describe
-from ._base import Backend, Busy, Run, take_runnable
+from ._base import Backend, Busy, FunctionCache, Run, take_runnable
 from ._child import FN_CACHE, child_main
 
 if TYPE_CHECKING:
@@ -161,7 +161,7 @@ class ProcessBackend(Backend):
         self._pending: deque[_Run] = deque()
         self._closed = False
         self._broken: BrokenPool | None = None
-        self._fn_cache: OrderedDict[int, tuple[Any, int, bytes]] = OrderedDict()
+        self._fn_cache: FunctionCache[tuple[int, bytes]] = FunctionCache(FN_CACHE // 2)
         self._fn_ids = itertools.count()
         self._children: list[_Child] = []  # every child ever (stats); live ones below
         self._live: dict[int, _Child] = {}  # worker index -> its current child
@@ -188,11 +188,9 @@ class ProcessBackend(Backend):
         self._fn_entry(fn)
 
     def _fn_entry(self, fn: Callable[..., Any]) -> tuple[int, bytes]:
-        with self._lock:
-            entry = self._fn_cache.get(id(fn))
-            if entry is not None and entry[0] is fn:
-                self._fn_cache.move_to_end(id(fn))
-                return entry[1], entry[2]
+        entry = self._fn_cache.get(fn)
+        if entry is not None:
+            return entry
         try:
             # With its source file: cloudpickle >= 3.1.3 writes "<dynamic-code>" in its
             # place, and remote tracebacks would lose their source lines.
@@ -204,12 +202,9 @@ class ProcessBackend(Backend):
                 f"pickled ({type(why).__name__}: {why}); define it at module level, or "
                 "make what it captures picklable"
             ) from why
-        with self._lock:
-            fn_id = next(self._fn_ids)
-            self._fn_cache[id(fn)] = (fn, fn_id, data)  # holds fn: its id stays unique
-            while len(self._fn_cache) > FN_CACHE // 2:
-                self._fn_cache.popitem(last=False)
-        return fn_id, data
+        entry = (next(self._fn_ids), data)
+        self._fn_cache.put(fn, entry)
+        return entry
 
     def submit(self, task: Task) -> None:
         key, fn, args, kwargs, owner, _queued_at = task

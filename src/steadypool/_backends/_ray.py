@@ -43,7 +43,7 @@ from .._devices import activate
 from .._exceptions import BrokenPool, PoolClosed, WorkerCrashed
 from .._stats import WorkerStats, per_worker
 from .._worker import Worker, bind, describe
-from ._base import Backend, Busy, Run, take_runnable
+from ._base import Backend, Busy, FunctionCache, Run, take_runnable
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -195,7 +195,7 @@ class RayBackend(Backend):
         self._workers = list(workers)
         self._slots: dict[int, _Slot] = {}
         self._history: list[_Slot] = []
-        self._fn_refs: dict[int, tuple[Any, Any]] = {}
+        self._fn_refs: FunctionCache[Any] = FunctionCache(128)
         with self._lock:
             for worker in self._workers:
                 self._start(worker)
@@ -266,14 +266,12 @@ class RayBackend(Backend):
         )
 
     def _fn_ref(self, fn: Callable[..., Any]) -> Any:
-        """The function in Ray's object store, put once per function (and kept alive)."""
-        entry = self._fn_refs.get(id(fn))
-        if entry is None or entry[0] is not fn:
-            entry = (fn, self._ray.put(fn))
-            self._fn_refs[id(fn)] = entry
-            if len(self._fn_refs) > 128:
-                self._fn_refs.pop(next(iter(self._fn_refs)))
-        return entry[1]
+        """The function in Ray's object store, put once while the function lives."""
+        ref = self._fn_refs.get(fn)
+        if ref is None:
+            ref = self._ray.put(fn)
+            self._fn_refs.put(fn, ref)
+        return ref
 
     def _finished(self, slot: _Slot, run: Run, future: Any) -> None:
         finished = time.monotonic()

@@ -202,10 +202,12 @@ class ThreadBackend(Backend):
             if task is None:
                 break
             key, fn, args, kwargs, owner, queued_at = task
-            if not owner.begin(key):
-                continue
-            if self._broken is not None:
-                owner.put((key, False, self._broken, worker))
+            wanted = owner.begin(key)
+            if not wanted or self._broken is not None:
+                if wanted:
+                    owner.put((key, False, self._broken, worker))
+                # Nothing is held while idle: a skipped task's arguments must not live on.
+                del task, key, fn, args, kwargs, owner
                 continue
             token = id(task)
             claims[token] = task
