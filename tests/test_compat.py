@@ -93,6 +93,19 @@ def test_task_error_raises_from_pop_and_loses_nothing_else() -> None:
     assert threader.pop_results() == []
 
 
+@pytest.mark.timeout(30)
+def test_nested_batch_threaders_do_not_deadlock() -> None:
+    """A work function that itself uses a BatchThreader with the same `processes` gets
+    its results (the seed's class does; a shared pool would wait on itself)."""
+
+    def outer(i: int) -> int:
+        inner = BatchThreader(add, [(i, j) for j in range(4)], batch_size=4, processes=2)
+        return sum(inner.pop_results())
+
+    threader = BatchThreader(outer, [(i,) for i in range(6)], batch_size=6, processes=2)
+    assert threader.pop_results() == [sum(i + j for j in range(4)) for i in range(6)]
+
+
 def test_instances_share_one_pool() -> None:
     """Many instances, as in the seed's per-image loop, do not add threads."""
     before = threading.active_count()

@@ -20,18 +20,37 @@ if TYPE_CHECKING:
 
 __all__ = ["BatchThreader", "shutdown_shared_pools"]
 
-# Invariant: `_pools` maps a worker count to the one live shared Pool of that size;
-# `_pools_lock` guards it.  Pools live until `shutdown_shared_pools()` or exit.
-_pools: dict[int, Pool] = {}
+# Invariant: `_pools` maps (worker count, nesting depth) to the one live shared Pool of
+# that size for BatchThreaders made at that depth; `_pools_lock` guards it.  Pools live
+# until `shutdown_shared_pools()` or exit.
+#
+# Depth: a BatchThreader made inside a task of another one (depth 0 -> 1 ...) gets a pool
+# of its own level.  On the outer pool its tasks would queue behind the very tasks that
+# wait for them, and with every worker waiting nothing would run (the seed's class made
+# a pool per instance, so nesting worked there).  `_local.depth` is set only while a
+# BatchThreader task runs, in the thread that runs it.
+_pools: dict[tuple[int, int], Pool] = {}
 _pools_lock = threading.Lock()
+_local = threading.local()
 
 
-def _shared_pool(workers: int) -> Pool:
+def _shared_pool(workers: int, depth: int) -> Pool:
     with _pools_lock:
-        pool = _pools.get(workers)
+        pool = _pools.get((workers, depth))
         if pool is None:
-            pool = _pools[workers] = Pool(workers, name=f"compat{workers}")
+            name = f"compat{workers}" + (f".{depth}" if depth else "")
+            pool = _pools[workers, depth] = Pool(workers, name=name)
         return pool
+
+
+def _at_depth(depth: int, func: Callable[..., Any], *args: Any) -> Any:
+    """Run ``func(*args)`` as a BatchThreader task of nesting level `depth`."""
+    outer = getattr(_local, "depth", 0)
+    _local.depth = depth + 1
+    try:
+        return func(*args)
+    finally:
+        _local.depth = outer
 
 
 def shutdown_shared_pools(wait: bool = True) -> None:
@@ -62,7 +81,9 @@ class BatchThreader:
         batch_size: Results returned per `pop_results` call (at most).
         prefetch_size: Batches kept in flight beyond the one being popped.
         processes: Worker threads of the shared pool this instance runs on; instances
-            with the same count share one pool.
+            with the same count share one pool.  An instance made inside another's
+            task (nested use) runs on a shared pool of its nesting level, so it never
+            waits on workers that wait for it.
 
     Raises:
         TypeError, ValueError: Bad arguments, before any task starts.
@@ -91,7 +112,8 @@ class BatchThreader:
         self._args = list(args_list)  # a copy: the caller's list is never touched
         self.n_tasks = len(self._args)
         self._next = 0  # index in _args of the next task to start
-        self._pool = _shared_pool(processes)
+        self._depth = getattr(_local, "depth", 0)
+        self._pool = _shared_pool(processes, self._depth)
         # Started, not yet popped, in order: (input position, future).
         self._in_flight: deque[tuple[int, Future[Any]]] = deque()
         self._start_works()
@@ -100,7 +122,8 @@ class BatchThreader:
         goal = (self.prefetch_size + 1) * self.batch_size
         while len(self._in_flight) < goal and self._next < self.n_tasks:
             args = self._args[self._next]
-            self._in_flight.append((self._next, self._pool.submit(self.func, *args)))
+            future = self._pool.submit(_at_depth, self._depth, self.func, *args)
+            self._in_flight.append((self._next, future))
             self._next += 1
 
     def pop_results(self) -> list[Any]:
