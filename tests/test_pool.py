@@ -332,6 +332,37 @@ def test_a_finished_task_keeps_no_reference_to_its_function(backend: str) -> Non
         assert collected(ref)
 
 
+class RebuildFails(Exception):
+    """Pickles, but cannot be unpickled: its __init__ needs more than its args."""
+
+    def __init__(self, path: str, code: int) -> None:
+        super().__init__(path)
+        self.code = code
+
+
+def raise_rebuild_fails(x: int) -> None:
+    raise RebuildFails(f"/data/{x}", 2)
+
+
+def test_an_exception_that_cannot_be_rebuilt_keeps_its_message_and_traceback(
+    backend: str,
+) -> None:
+    """An exception that pickles but cannot be rebuilt arrives as RemoteError (type name,
+    message, the worker's traceback), never as an UnpicklingError, and counts as failed."""
+    with sp.Pool(1, backend=backend) as pool:
+        out = list(pool.imap(raise_rebuild_fails, range(2), on_error="return"))
+        assert pool.stats().failed == 2
+    for i, error in enumerate(out):
+        if backend == "threads":
+            assert isinstance(error, RebuildFails)
+            continue
+        assert isinstance(error, sp.RemoteError), repr(error)
+        assert error.type_name.endswith(".RebuildFails")
+        assert error.message == f"/data/{i}"
+        assert "raise_rebuild_fails" in error.traceback_text
+        assert any(f"input position {i}" in note for note in error.__notes__)
+
+
 # --- abandoning, shutdown ---------------------------------------------------------------
 
 

@@ -120,10 +120,15 @@ class RemoteTraceback(Exception):
 
 
 def exception_payload(exc: BaseException) -> tuple[Any, str]:
-    """In the child: (the exception if it pickles, else a `RemoteError`, its traceback)."""
+    """In the child: (the exception if it survives a pickle round trip, else a
+    `RemoteError`, its traceback).
+
+    A round trip, not just a pickle: an exception whose ``__init__`` needs more than its
+    ``args`` pickles fine and fails only when the parent rebuilds it.
+    """
     text = "".join(traceback.format_exception(exc))
     try:
-        cloudpickle.dumps(exc, protocol=5)
+        pickle.loads(cloudpickle.dumps(exc, protocol=5))
     except Exception as why:
         substitute = RemoteError(
             type_name=f"{type(exc).__module__}.{type(exc).__qualname__}",

@@ -469,6 +469,7 @@ class ProcessBackend(Backend):
         try:
             value = _remote.loads(frames[1:])
         except Exception as why:
+            child.failed += 1
             error = pickle.UnpicklingError(
                 f"the {'result' if tag[0] == 'ok' else 'exception'} sent back by "
                 f"{describe(child.worker.index, child.worker.device)} could not be "
