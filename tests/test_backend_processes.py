@@ -99,6 +99,25 @@ def test_fault_table(workers: int, fault: str, gate: Gate) -> None:
         assert list(pool.imap(abs, range(-3, 0))) == [3, 2, 1]
 
 
+def _exit_at_3(x: int) -> int:
+    if x == 3:
+        exit_now(3)
+    return x
+
+
+@pytest.mark.parametrize("chunksize", [4, 8])
+def test_map_chunk_whose_worker_crashes_yields_what_came_before(chunksize: int) -> None:
+    """map(chunksize=k): an item that crashes its worker mid-chunk fails as that item
+    (WorkerCrashed naming it), after the results before it; the pool stays usable."""
+    got: list[int] = []
+    with sp.Pool(2, backend="processes") as pool:
+        with pytest.raises(sp.WorkerCrashed, match="item 3") as info:
+            got.extend(pool.map(_exit_at_3, range(12), chunksize=chunksize))
+        assert got == [0, 1, 2]
+        assert any("input position 3" in note for note in info.value.__notes__)
+        assert list(pool.map(abs, range(-5, 0), chunksize=2)) == [5, 4, 3, 2, 1]
+
+
 @pytest.mark.parametrize("workers", WORKER_COUNTS)
 def test_unpicklable_argument_fails_its_item_naming_it(workers: int) -> None:
     """An argument that cannot be pickled fails that item (naming the argument and the

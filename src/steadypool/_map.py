@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._exceptions import add_task_note
+from ._exceptions import WorkerCrashed, add_task_note
 from ._worker import current_worker
 
 if TYPE_CHECKING:
@@ -36,21 +36,47 @@ def run_chunk(
 
 
 def map_results(
-    futures: list[Future[Any]], end: float | None, *, chunked: bool
+    futures: list[Future[Any]],
+    end: float | None,
+    *,
+    chunks: list[tuple[int, list[tuple[Any, ...]]]] | None = None,
+    resubmit: Callable[[int, tuple[Any, ...]], Future[Any]] | None = None,
 ) -> Generator[Any, None, None]:
-    """Yield `map` results in order; cancel what is left when closed or failed."""
+    """Yield `map` results in order; cancel what is left when closed or failed.
+
+    Unchunked, `futures` holds one future per item.  Chunked, `chunks` holds each
+    future's (first input position, argument tuples), and each future's result is
+    ``(results, error)`` from `run_chunk`.  A chunk whose worker crashed lost the
+    results of the items it had run: its items are run again one by one through
+    `resubmit(position, args)`, so those before the crashing item are delivered and
+    the crash names its own item.
+    """
     # Invariant: nothing here refers to a result once it is yielded (the caller may
     # want it collected): each future is popped before its result is handed out, and a
     # chunk's results are popped one by one.  pop() from the end is O(1).
     futures.reverse()
+    if chunks is not None:
+        chunks.reverse()
+    singles: list[Future[Any]] = []
     try:
         while futures:
             remaining = None if end is None else end - time.monotonic()
             # Wake-up path: the task's outcome, a drop on shutdown(cancel), or the timeout.
-            futures[-1].result(remaining)
-            if not chunked:
+            if chunks is None:
+                futures[-1].result(remaining)
                 yield futures.pop().result()
                 continue
+            try:
+                futures[-1].result(remaining)
+            except WorkerCrashed:
+                if resubmit is None:
+                    raise
+                futures.pop()
+                start, items = chunks.pop()
+                singles = [resubmit(start + i, args) for i, args in enumerate(items)]
+                yield from map_results(singles, end)
+                continue
+            chunks.pop()
             results, error = futures.pop().result()
             results.reverse()
             while results:
@@ -58,5 +84,5 @@ def map_results(
             if error is not None:
                 raise error
     finally:
-        for future in futures:
+        for future in (*futures, *singles):
             future.cancel()

@@ -335,13 +335,17 @@ class Pool(Executor):
         argtuples = zip(*iterables, strict=False)
         if chunksize == 1:
             futures = [self._submit_at(pos, fn, args) for pos, args in enumerate(argtuples)]
-            return map_results(futures, end, chunked=False)
-        chunks: list[Future[Any]] = []
+            return map_results(futures, end)
+        futures: list[Future[Any]] = []
+        chunks: list[tuple[int, list[tuple[Any, ...]]]] = []
         start = 0
         while chunk := list(islice(argtuples, chunksize)):
-            chunks.append(self._submit_at(None, run_chunk, (fn, start, chunk)))
+            futures.append(self._submit_at(None, run_chunk, (fn, start, chunk)))
+            chunks.append((start, chunk))
             start += len(chunk)
-        return map_results(chunks, end, chunked=True)
+        return map_results(
+            futures, end, chunks=chunks, resubmit=lambda pos, args: self._submit_at(pos, fn, args)
+        )
 
     @overload
     def imap(
