@@ -118,6 +118,15 @@ def test_map_chunk_whose_worker_crashes_yields_what_came_before(chunksize: int) 
         assert list(pool.map(abs, range(-5, 0), chunksize=2)) == [5, 4, 3, 2, 1]
 
 
+def test_stats_count_a_crashed_item_as_done_and_failed() -> None:
+    """An item that crashed its worker counts in done and in failed (once)."""
+    with sp.Pool(2, backend="processes") as pool:
+        out = list(pool.imap(_exit_at_3, range(6), on_error="return"))
+        assert isinstance(out[3], sp.WorkerCrashed)
+        stats = pool.stats()
+    assert (stats.done, stats.failed, stats.replaced) == (6, 1, 1)
+
+
 @pytest.mark.parametrize("workers", WORKER_COUNTS)
 def test_unpicklable_argument_fails_its_item_naming_it(workers: int) -> None:
     """An argument that cannot be pickled fails that item (naming the argument and the

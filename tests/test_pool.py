@@ -8,6 +8,7 @@ import time
 import traceback
 import weakref
 from concurrent.futures import CancelledError, Future, wait
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
@@ -361,6 +362,45 @@ def test_an_exception_that_cannot_be_rebuilt_keeps_its_message_and_traceback(
         assert error.message == f"/data/{i}"
         assert "raise_rebuild_fails" in error.traceback_text
         assert any(f"input position {i}" in note for note in error.__notes__)
+
+
+def hang_at_1(x: int, gate: Gate) -> int:
+    if x == 1:
+        gate.wait(WAIT)
+    return x
+
+
+def signal_then_wait(running: Gate, gate: Gate) -> bool:
+    running.set()
+    return gate.wait(WAIT)
+
+
+def test_stats_count_timed_out_items_as_done_and_failed(backend: str, tmp_path: Path) -> None:
+    """An item failed by task_timeout counts in done and in failed."""
+    gate = Gate(tmp_path / "gate")
+    with sp.Pool(2, backend=backend, task_timeout=0.5) as pool:
+        out = list(pool.imap(partial(hang_at_1, gate=gate), range(4), on_error="return"))
+        assert isinstance(out[1], sp.TaskTimeout)
+        stats = pool.stats()
+        gate.set()  # lets an abandoned thread end
+    assert (stats.done, stats.failed, stats.timed_out) == (4, 1, 1)
+    assert sum(w.failed for w in stats.workers) == 1
+
+
+def test_stats_queued_counts_work_only(backend: str, tmp_path: Path) -> None:
+    """queued counts items waiting for a worker, never the pool's own stop signals."""
+    gate, running = Gate(tmp_path / "gate"), Gate(tmp_path / "running")
+    pool = sp.Pool(1, backend=backend)
+    try:
+        futures = [pool.submit(signal_then_wait, running, gate) for _ in range(4)]
+        assert running.wait(WAIT)
+        pool.shutdown(wait=False)
+        assert pool.stats().queued == 3
+    finally:
+        gate.set()
+    assert [f.result(WAIT) for f in futures] == [True] * 4
+    pool.shutdown(wait=True)
+    assert pool.stats().queued == 0
 
 
 # --- abandoning, shutdown ---------------------------------------------------------------

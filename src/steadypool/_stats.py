@@ -10,7 +10,7 @@ if TYPE_CHECKING:
 
     from ._worker import Worker
 
-__all__ = ["PoolStats", "WorkerStats", "per_worker"]
+__all__ = ["PoolStats", "WorkerStats", "count_failure", "per_worker"]
 
 
 @final
@@ -21,8 +21,8 @@ class WorkerStats:
     Attributes:
         index: The worker's index.
         device: Its device, or None.
-        items: Items it finished (results and task errors).
-        failed: Of those, items whose task raised.
+        items: Items it finished: results, task errors, timeouts and crashes.
+        failed: Of those, items that failed (raised, timed out, or crashed it).
         busy_seconds: Time spent running items.
         queue_wait_seconds: Total time its items waited in the queue before it took them.
         replaced: How many times a fresh worker took this index's place.
@@ -43,8 +43,11 @@ class PoolStats:
     """A snapshot of a pool, from `Pool.stats()`.
 
     Attributes:
-        done: Items finished (results and task errors).
-        failed: Items whose task raised.
+        done: Items finished: results, task errors, timeouts and crashes (an item
+            retried after a crash counts once, when it ends).
+        failed: Of those, items that failed: the task raised, timed out
+            (`TaskTimeout`), was stopped by a stall (`StallError`) or crashed its
+            worker (`WorkerCrashed`).
         in_flight: Items running now.
         queued: Items waiting for a worker.
         timed_out: Items failed with `TaskTimeout`.
@@ -83,6 +86,14 @@ class _Record(Protocol):
     failed: int
     busy: float
     waited: float
+
+
+def count_failure(record: _Record, started: float, now: float) -> None:
+    """Count an item that failed without a result from its worker (a timeout, a stall,
+    a crash) on the record of the worker that ran it."""
+    record.items += 1
+    record.failed += 1
+    record.busy += now - started
 
 
 def per_worker(workers: Iterable[Worker], records: Iterable[_Record]) -> tuple[WorkerStats, ...]:

@@ -260,9 +260,13 @@ class Monitor:
         )
         if stack:
             error.add_note("steadypool: its stack at the timeout:\n" + stack.rstrip())
+        # Counted before fail() delivers the error, so that a consumer woken by it sees
+        # the count; taken back if the item finished first (only this thread writes it).
+        self.timed_out += 1
         if self._backend.fail(busy, error, retry=True):
-            self.timed_out += 1
             logger.warning("steadypool: %s", error)
+        else:
+            self.timed_out -= 1
 
     def _stall(self, decision: Decision, now: float) -> None:
         from ._exceptions import StallError

@@ -49,7 +49,7 @@ import cloudpickle
 from .. import _remote
 from .._devices import child_view
 from .._exceptions import BrokenPool, PoolClosed, WorkerCrashed
-from .._stats import WorkerStats, per_worker
+from .._stats import WorkerStats, count_failure, per_worker
 from .._worker import Worker, describe
 from ._base import Backend, Busy, FunctionCache, Run, take_runnable
 from ._child import FN_CACHE, child_main
@@ -310,6 +310,7 @@ class ProcessBackend(Backend):
                 self._retries + 1,
             )
         else:
+            count_failure(child, run.started, time.monotonic())
             run.task[4].put((run.task[0], False, error, child.worker))
         self._wake()
         return True
@@ -521,6 +522,7 @@ class ProcessBackend(Backend):
             if requeue:
                 logger.warning("steadypool: %s", crash)
             else:
+                count_failure(child, run.started, time.monotonic())
                 run.task[4].put((run.task[0], False, crash, child.worker))
         elif not child.ready and not child.doomed and self._broken is None:
             failures = self._start_failures.get(child.worker.index, 0) + 1

@@ -41,7 +41,7 @@ import cloudpickle
 from .. import _remote
 from .._devices import activate
 from .._exceptions import BrokenPool, PoolClosed, WorkerCrashed
-from .._stats import WorkerStats, per_worker
+from .._stats import WorkerStats, count_failure, per_worker
 from .._worker import Worker, bind, describe
 from ._base import Backend, Busy, FunctionCache, Run, take_runnable
 
@@ -300,6 +300,7 @@ class RayBackend(Backend):
         ray = self._ray
         if not isinstance(cause, ray.exceptions.RayActorError):
             # The call failed without the actor dying: its result could not travel back.
+            count_failure(slot, run.started, time.monotonic())
             run.task[4].put(
                 (
                     run.task[0],
@@ -338,6 +339,7 @@ class RayBackend(Backend):
         if requeue:
             logger.warning("steadypool: %s", crash)
         else:
+            count_failure(slot, run.started, time.monotonic())
             run.task[4].put((run.task[0], False, crash, slot.worker))
 
     def _break(self, broken: BrokenPool) -> None:
@@ -453,6 +455,7 @@ class RayBackend(Backend):
         with contextlib.suppress(Exception):
             self._ray.kill(slot.actor, no_restart=True)
         if not requeue:
+            count_failure(slot, run.started, time.monotonic())
             run.task[4].put((run.task[0], False, error, slot.worker))
         return True
 

@@ -9,7 +9,8 @@ Data flow::
 Who owns what:
 
 * `_tasks` is written by `submit` (any thread) and by `shutdown` (stop sentinels), and
-  read by the workers.  `_lock` guards `_closed` together with every put onto `_tasks`,
+  read by the workers.  `_lock` guards `_closed` (and `_sentinels`, the count of stop
+  sentinels queued) together with every put onto `_tasks`,
   so that no task is ever queued behind the stop sentinels: such a task would never
   run, and its owner would wait for it forever.  `_lock` also guards `_broken`,
   `_live` and `_slots` (worker replacement).
@@ -44,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._devices import activate
 from .._exceptions import BrokenPool, PoolClosed
-from .._stats import WorkerStats, per_worker
+from .._stats import WorkerStats, count_failure, per_worker
 from .._worker import Worker, bind, describe
 from ._base import Backend, Busy
 
@@ -112,6 +113,7 @@ class ThreadBackend(Backend):
         self._claims: dict[int, Task] = {}
         self._lock = threading.Lock()
         self._closed = False
+        self._sentinels = 0  # stop sentinels in `_tasks` (not work: counts() leaves them out)
         self._broken: BrokenPool | None = None
         self._slots: list[_Slot] = []  # every slot ever, for stats
         self._live: dict[int, _Slot] = {}  # worker index -> the slot holding it now
@@ -159,9 +161,11 @@ class ThreadBackend(Backend):
                 # Also on a second call: it may cancel what a first one left queued.  The
                 # drain takes sentinels too, so they are queued again (extras are harmless).
                 dropped = [task for task in _drain(self._tasks) if task is not None]
+                self._sentinels = 0
             if first or cancel:
                 for _ in self._live:
                     self._tasks.put(None)
+                    self._sentinels += 1
         # Owners are told outside the lock: a Future's done-callbacks run user code.
         for task in dropped:
             task[4].drop(task[0])
@@ -200,6 +204,8 @@ class ThreadBackend(Backend):
             # Wake-up path: a task, or the stop sentinel that shutdown() queues.
             task = get()
             if task is None:
+                with self._lock:
+                    self._sentinels = max(0, self._sentinels - 1)
                 break
             key, fn, args, kwargs, owner, queued_at = task
             wanted = owner.begin(key)
@@ -285,6 +291,7 @@ class ThreadBackend(Backend):
             slot.abandoned = True
             self._start(slot.worker.with_state(None))  # runs setup afresh
             abandoned = sum(1 for s in self._slots if s.abandoned and _alive(s))
+        count_failure(slot, busy.started, time.monotonic())
         task[4].put((task[0], False, error, slot.worker))
         if abandoned > max(4, len(self._live)):
             logger.error(
@@ -297,7 +304,7 @@ class ThreadBackend(Backend):
         return True
 
     def counts(self) -> tuple[int, int]:
-        return sum(s.items for s in self._slots), self._tasks.qsize()
+        return sum(s.items for s in self._slots), max(0, self._tasks.qsize() - self._sentinels)
 
     def worker_stats(self) -> tuple[tuple[WorkerStats, ...], int, int]:
         with self._lock:
