@@ -269,10 +269,8 @@ def test_imap_input_error_comes_after_every_result_read_before_it(
     """An input that raises: every item read before it is delivered, in order, then the
     input's own exception, with a note naming the position (like builtin map)."""
     got: list[Any] = []
-    with sp.Pool(2, backend=backend) as pool:
-        with pytest.raises(OSError, match="input broke at 6") as info:
-            for x in pool.imap(square, failing_input(20, 6), window=4, on_error=on_error):
-                got.append(x)
+    with sp.Pool(2, backend=backend) as pool, pytest.raises(OSError, match="broke at 6") as info:
+        got.extend(pool.imap(square, failing_input(20, 6), window=4, on_error=on_error))
     assert got == [0, 1, 4, 9, 16, 25]
     assert any("input position 6" in note for note in info.value.__notes__)
 
@@ -284,10 +282,8 @@ def test_imap_batches_input_error_comes_after_the_last_batch(
     """imap_batches: the full batches and the short one read before the input failed
     are yielded, then the input's exception."""
     got: list[list[Any]] = []
-    with sp.Pool(2, backend=backend) as pool:
-        with pytest.raises(OSError, match="input broke at 5"):
-            for batch in pool.imap_batches(square, failing_input(20, 5), 2, on_error=on_error):
-                got.append(batch)
+    with sp.Pool(2, backend=backend) as pool, pytest.raises(OSError, match="broke at 5"):
+        got.extend(pool.imap_batches(square, failing_input(20, 5), 2, on_error=on_error))
     assert got == [[0, 1], [4, 9], [16]]
 
 

@@ -318,3 +318,32 @@ def test_diagnose_includes_versions_and_the_report() -> None:
     assert "torch" in text
     timeout = sp.diagnose(sp.TaskTimeout("slow", timeout=1.0, stack="  File x, in f"))
     assert "stack at the timeout" in timeout
+
+
+@pytest.mark.parametrize("workers", [1, 2, 5])
+def test_a_task_waiting_on_its_own_pool_is_named_in_the_stall_report(workers: int) -> None:
+    """The classic nested deadlock (every worker waits on a task queued behind it) is
+    reported with its likely cause."""
+    reports: list[sp.StallReport] = []
+    with sp.Pool(workers, stall_timeout=0.3, on_stall="raise") as pool:
+
+        def outer(x: int) -> int:
+            return pool.submit(abs, -x).result() + 1
+
+        with pytest.raises(sp.StallError) as info:
+            list(pool.map(outer, range(workers)))
+        assert info.value.report is not None
+        reports.append(info.value.report)
+    hint = reports[0].hint
+    assert "a task that waits for another task of its own pool deadlocks" in hint
+    assert "likely cause:" in str(reports[0])
+
+
+def test_stall_reporting_is_on_by_default() -> None:
+    """A pool made with defaults watches itself (a hang is never silent); None turns it
+    off."""
+    assert (sp.Pool.__init__.__kwdefaults__ or {})["stall_timeout"] == 300.0
+    with sp.Pool(1) as pool:
+        assert pool.stall_timeout == 300.0
+    with sp.Pool(1, stall_timeout=None) as pool:
+        assert pool.stall_timeout is None

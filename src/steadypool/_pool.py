@@ -16,9 +16,11 @@ from functools import partial
 from itertools import islice
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
+from . import _exit
 from ._backends import get_backend
 from ._devices import check_available, parse_devices
 from ._exceptions import add_task_note
+from ._exit import DEFAULT_STALL_TIMEOUT
 from ._map import map_results, run_chunk
 from ._stats import PoolStats
 from ._stream import run_stream
@@ -123,6 +125,9 @@ class _FutureOwner:
     def position(self, key: tuple[Future[Any], int | None]) -> int | None:
         return key[1]
 
+    def wanted(self, key: tuple[Future[Any], int | None]) -> bool:
+        return True  # submitted work completes, at exit too (as with concurrent.futures)
+
 
 _FUTURES = _FutureOwner()
 
@@ -163,8 +168,10 @@ class Pool(Executor):
             takes its place.  None: no limit.
         stall_timeout: Seconds without any item finishing, while items run, that make
             a stall; the watchdog then builds a `StallReport` (each busy worker, its
-            item, for how long, its Python stack) and does what `on_stall` says.
-            None: no stall detection.
+            item, for how long, its Python stack, and a likely cause where the stacks
+            show one) and does what `on_stall` says.  Default: 300 (a hang is never
+            silent; with the default policy a stall is only logged).  None: no stall
+            detection (and no watchdog thread).
         on_stall: ``"report"`` (default): log the report at WARNING on the
             ``steadypool`` logger and keep waiting, repeating after 2x, 4x, ...
             ``stall_timeout``.  ``"raise"``: the consumer gets `StallError` carrying the
@@ -181,8 +188,11 @@ class Pool(Executor):
 
     **Shutdown:** `shutdown`, or leaving a ``with`` block, stops the workers once what is
     queued has run; leaving the block by KeyboardInterrupt or SystemExit cancels what is
-    queued and does not wait for running tasks.  A pool that is garbage collected, or
-    still open at interpreter exit, is shut down without waiting.
+    queued and does not wait for running tasks.  A pool that is garbage collected is
+    shut down without waiting.  **At interpreter exit** work already submitted
+    (`submit`, `map`) completes, as with the concurrent.futures executors, while open
+    streams are cancelled; the wait is watched (stall reports; it gives up with an
+    ERROR after ``2 x stall_timeout`` without progress) and Ctrl-C ends it at once.
     """
 
     def __init__(
@@ -196,7 +206,7 @@ class Pool(Executor):
         start_method: str | None = None,
         address: str | None = None,
         task_timeout: float | None = None,
-        stall_timeout: float | None = None,
+        stall_timeout: float | None = DEFAULT_STALL_TIMEOUT,
         on_stall: str | Callable[[StallReport], Any] = "report",
         progress: bool = False,
         name: str | None = None,
@@ -254,11 +264,22 @@ class Pool(Executor):
         self._finalizer = weakref.finalize(
             self, _close, self._backend, self._monitor, wait=False, cancel=False
         )
+        _exit.register(self._backend, self._monitor, self._backend.name, stall_timeout)
 
     @property
     def workers(self) -> int:
         """How many workers the pool runs."""
         return len(self._workers)
+
+    @property
+    def stall_timeout(self) -> float | None:
+        """Seconds without progress that make a stall (None: stall detection is off)."""
+        return self._watchdog.stall_timeout
+
+    @property
+    def task_timeout(self) -> float | None:
+        """Seconds an item may run (None: no limit)."""
+        return self._watchdog.task_timeout
 
     @property
     def devices(self) -> tuple[str | None, ...]:
@@ -303,6 +324,8 @@ class Pool(Executor):
         args: tuple[Any, ...],
         kwargs: dict[str, Any] | None = None,
     ) -> Future[T]:
+        if _exit.exiting:
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
         future: Future[T] = Future()
         self._backend.submit(((future, position), fn, args, kwargs, _FUTURES, time.monotonic()))
         return future
@@ -333,10 +356,11 @@ class Pool(Executor):
         self._backend.prepare(fn)
         end = None if timeout is None else timeout + time.monotonic()
         argtuples = zip(*iterables, strict=False)
+        futures: list[Future[Any]]
         if chunksize == 1:
             futures = [self._submit_at(pos, fn, args) for pos, args in enumerate(argtuples)]
             return map_results(futures, end)
-        futures: list[Future[Any]] = []
+        futures = []
         chunks: list[tuple[int, list[tuple[Any, ...]]]] = []
         start = 0
         while chunk := list(islice(argtuples, chunksize)):
@@ -519,6 +543,7 @@ class Pool(Executor):
         if exc_type is not None and not issubclass(exc_type, Exception):
             # Ctrl-C or exit: do not wait on running tasks, and run nothing more.
             self.shutdown(wait=False, cancel_futures=True)
+            _exit.interrupted(self._backend)
         else:
             self.shutdown(wait=True)
 

@@ -27,6 +27,7 @@ from queue import SimpleQueue
 from typing import TYPE_CHECKING, Any
 
 from ._exceptions import BrokenPool, PoolClosed, StallError, add_task_note
+from ._exit import track_stream
 from ._window import Window
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ __all__ = ["StreamOwner", "run_stream"]
 class StreamOwner:
     """The owner of every task of one stream (see the module docstring)."""
 
-    __slots__ = ("cancelled", "put", "results")
+    __slots__ = ("__weakref__", "cancelled", "put", "results")
 
     def __init__(self) -> None:
         self.cancelled = False
@@ -59,6 +60,9 @@ class StreamOwner:
 
     def position(self, key: Any) -> int | None:
         return int(key)
+
+    def wanted(self, key: Any) -> bool:
+        return not self.cancelled
 
 
 # Failures of the pool rather than of a task: raised whatever on_error says.
@@ -87,6 +91,7 @@ def run_stream(
     shut down under a running stream).
     """
     owner = StreamOwner()
+    track_stream(owner)  # cancelled at interpreter exit if still open
     get = owner.results.get
     window: Window[Outcome] = Window(capacity, ordered=ordered)
     exhausted = False
@@ -106,7 +111,7 @@ def run_stream(
                 return
             except Exception as exc:
                 # Like builtin map: the results of the items read before come first.
-                exc.add_note(f"steadypool: raised by the input, reading input position {window.read}")
+                exc.add_note(f"steadypool: raised by the input at input position {window.read}")
                 exhausted, stopped = True, exc
                 return
             try:

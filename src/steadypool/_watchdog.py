@@ -19,6 +19,7 @@ What wakes the monitor: its tick (a wait on `_stop` with a timeout) or `stop()`.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 
     from ._backends._base import Backend, Busy
 
-__all__ = ["BusyWorker", "Monitor", "StallReport", "Watchdog"]
+__all__ = ["BusyWorker", "Monitor", "StallReport", "Watchdog", "build_report"]
 
 logger = logging.getLogger("steadypool")
 
@@ -75,6 +76,9 @@ class StallReport:
         busy: Every busy worker: its item, for how long, and its stack.
         devices: Memory figures per CUDA device in use, if torch was already imported.
         episode: 1 for the first report of a stall, 2, 3... for repeats.
+        hint: The likely cause, where the stacks show one ("" otherwise): every busy
+            worker waiting on a pool's result while items are queued (a task waiting
+            on a task of its own pool).
     """
 
     pool: str
@@ -85,6 +89,7 @@ class StallReport:
     busy: tuple[BusyWorker, ...]
     devices: tuple[str, ...] = ()
     episode: int = 1
+    hint: str = ""
 
     def __str__(self) -> str:
         lines = [
@@ -100,7 +105,42 @@ class StallReport:
             )
             lines.extend("    " + line for line in busy.stack.rstrip().splitlines())
         lines.extend(f"  {line}" for line in self.devices)
+        if self.hint:
+            lines.append(f"  likely cause: {self.hint}")
         return "\n".join(lines)
+
+
+# Frames that mean "this task waits for the result of a pool's task": the stdlib's
+# Future.result/wait/as_completed, and steadypool's own streams, map and compat.
+_RESULT_WAITS = (
+    ("concurrent/futures/_base.py", ("result", "wait", "as_completed", "exception")),
+    ("steadypool/_stream.py", ("run_stream",)),
+    ("steadypool/_map.py", ("map_results",)),
+    ("steadypool/compat.py", ("pop_results",)),
+)
+
+
+def _waits_on_a_result(stack: str) -> bool:
+    """Whether a task's stack (traceback or faulthandler text) waits on a pool result."""
+    for line in stack.splitlines():
+        line = line.replace(os.sep, "/")
+        for path, names in _RESULT_WAITS:
+            if path in line and any(f"in {name}" in line for name in names):
+                return True
+    return False
+
+
+def self_wait_hint(busy: Sequence[BusyWorker], queued: int) -> str:
+    """Name the nested-wait deadlock when every busy worker waits on a pool's result
+    while work is queued (cheap: the stacks are already there)."""
+    if not busy or not queued or not all(_waits_on_a_result(b.stack) for b in busy):
+        return ""
+    return (
+        f"every busy worker is waiting for the result of a pool's task while {queued} "
+        "items are queued; a task that waits for another task of its own pool deadlocks "
+        "once every worker is such a waiter (the awaited tasks can never start). Give "
+        "the inner work a Pool of its own, or do not wait inside tasks"
+    )
 
 
 @dataclass
@@ -309,28 +349,49 @@ class Monitor:
 
     def report(self, decision: Decision, now: float) -> StallReport:
         """Build the `StallReport` for a stall decision."""
-        busy = tuple(
-            BusyWorker(
-                index=b.worker.index,
-                device=b.worker.device,
-                position=b.position,
-                running_for=now - b.started,
-                stack=self._backend.stack(b),
-                where=b.where,
-            )
-            for b in decision.stall or ()
-        )
-        stats = self._backend.counts()
-        return StallReport(
-            pool=self._name,
+        return build_report(
+            self._backend,
+            self._name,
+            decision.stall or (),
             since_progress=decision.since_progress,
-            done=stats[0],
-            in_flight=len(busy),
-            queued=stats[1],
-            busy=busy,
-            devices=cuda_memory({b.device for b in busy}),
+            now=now,
             episode=decision.episode,
         )
+
+
+def build_report(
+    backend: Backend,
+    name: str,
+    running: Sequence[Busy],
+    *,
+    since_progress: float,
+    now: float,
+    episode: int = 1,
+) -> StallReport:
+    """Describe where `running` items of `backend` are (stacks included)."""
+    busy = tuple(
+        BusyWorker(
+            index=b.worker.index,
+            device=b.worker.device,
+            position=b.position,
+            running_for=now - b.started,
+            stack=backend.stack(b),
+            where=b.where,
+        )
+        for b in running
+    )
+    done, queued = backend.counts()
+    return StallReport(
+        hint=self_wait_hint(busy, queued),
+        pool=name,
+        since_progress=since_progress,
+        done=done,
+        in_flight=len(busy),
+        queued=queued,
+        busy=busy,
+        devices=cuda_memory({b.device for b in busy}),
+        episode=episode,
+    )
 
 
 def cuda_memory(devices: set[str | None]) -> tuple[str, ...]:

@@ -69,6 +69,10 @@ class Owner(Protocol):
     def position(self, key: Any) -> int | None:
         """The input position a key stands for (for reports), if any."""
 
+    def wanted(self, key: Any) -> bool:
+        """Whether anyone still waits for this task's outcome (a cancelled stream's
+        running tasks are not waited for at interpreter exit)."""
+
 
 # (key, fn, args, kwargs or None, owner, queued_at): a plain tuple, built per item;
 # queued_at is time.monotonic() at submit.
@@ -216,9 +220,17 @@ class Backend(ABC):
     def shutdown(self, *, wait: bool, cancel: bool) -> None:
         """Stop accepting tasks and stop the workers once the queue is done.
 
-        With `cancel`, queued tasks are discarded (`owner.drop`) instead of run.  With
+        With `cancel`, queued tasks are discarded (`owner.drop`) instead of run, except
+        the first few that the workers with nothing running (idle, or still starting)
+        take next, one each: a task submitted to an idle pool counts as started, as it
+        does with `ThreadPoolExecutor`, whose submit hands it to a fresh thread.  With
         `wait`, return only when every worker has stopped.  Idempotent.
         """
+
+    @property
+    @abstractmethod
+    def stopped(self) -> bool:
+        """Whether every worker has ended (after `shutdown`), abandoned ones included."""
 
     @property
     @abstractmethod

@@ -35,6 +35,7 @@ import logging
 import multiprocessing
 import os
 import pickle
+import shutil
 import signal
 import socket
 import tempfile
@@ -180,6 +181,10 @@ class ProcessBackend(Backend):
     # --- called from any thread ----------------------------------------------------------
 
     @property
+    def stopped(self) -> bool:
+        return self._closed and not self._manager.is_alive()
+
+    @property
     def broken(self) -> BrokenPool | None:
         return self._broken
 
@@ -230,9 +235,14 @@ class ProcessBackend(Backend):
     def shutdown(self, *, wait: bool, cancel: bool) -> None:
         with self._lock:
             self._closed = True
-            dropped = list(self._pending) if cancel else []
+            dropped = []
             if cancel:
-                self._pending.clear()
+                # What idle or starting workers take next still runs (Backend.shutdown).
+                busy = sum(1 for c in self._live.values() if c.running is not None)
+                free = max(0, len(self._workers) - busy)
+                while len(self._pending) > free:
+                    dropped.append(self._pending.pop())
+                dropped.reverse()
         for run in dropped:
             run.task[4].drop(run.task[0])
         self._wake()
@@ -591,12 +601,14 @@ class ProcessBackend(Backend):
 
 
 def _kill_all_at_exit() -> None:
-    """At interpreter exit, kill the children of pools never shut down (before
-    multiprocessing's own exit hook joins them, which would wait on their tasks)."""
+    """At interpreter exit, kill the children of pools still running (the exit wait gave
+    up on them, or was interrupted) before multiprocessing's own exit hook joins them,
+    which would wait on their tasks; and remove their stack-dump folders."""
     for backend in list(_live_backends):
         for child in list(backend._live.values()):
             with contextlib.suppress(Exception):
                 child.process.kill()
+        shutil.rmtree(backend._dump_dir, ignore_errors=True)
 
 
 # Registered at import, after multiprocessing's own exit hook, so it runs first.

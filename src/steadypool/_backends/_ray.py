@@ -355,6 +355,10 @@ class RayBackend(Backend):
     # --- the Backend interface -------------------------------------------------------------
 
     @property
+    def stopped(self) -> bool:
+        return self._disconnected
+
+    @property
     def broken(self) -> BrokenPool | None:
         return self._broken
 
@@ -382,9 +386,14 @@ class RayBackend(Backend):
     def shutdown(self, *, wait: bool, cancel: bool) -> None:
         with self._lock:
             self._closed = True
-            dropped = list(self._pending) if cancel else []
+            dropped = []
             if cancel:
-                self._pending.clear()
+                # What idle or starting workers take next still runs (Backend.shutdown).
+                busy = sum(1 for s in self._slots.values() if s.running is not None)
+                free = max(0, len(self._workers) - busy)
+                while len(self._pending) > free:
+                    dropped.append(self._pending.pop())
+                dropped.reverse()
         for run in dropped:
             run.task[4].drop(run.task[0])
         if wait:

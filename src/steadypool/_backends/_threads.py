@@ -142,6 +142,11 @@ class ThreadBackend(Backend):
         self._live[worker.index] = slot
 
     @property
+    def stopped(self) -> bool:
+        with self._lock:
+            return self._closed and not any(_alive(s) for s in self._slots)
+
+    @property
     def broken(self) -> BrokenPool | None:
         return self._broken
 
@@ -162,6 +167,11 @@ class ThreadBackend(Backend):
                 # drain takes sentinels too, so they are queued again (extras are harmless).
                 dropped = [task for task in _drain(self._tasks) if task is not None]
                 self._sentinels = 0
+                # What idle workers were about to take still runs (see Backend.shutdown).
+                free = sum(1 for slot in self._live.values() if slot.current is None)
+                for task in dropped[:free]:
+                    self._tasks.put(task)
+                dropped = dropped[free:]
             if first or cancel:
                 for _ in self._live:
                     self._tasks.put(None)
