@@ -127,6 +127,22 @@ def test_stats_count_a_crashed_item_as_done_and_failed() -> None:
     assert (stats.done, stats.failed, stats.replaced) == (6, 1, 1)
 
 
+def test_a_stuck_setup_is_killed_and_run_again_with_retries(tmp_path: Path) -> None:
+    """With retries, a setup past task_timeout is killed and a fresh process runs setup
+    again; the pool then works."""
+    from .test_pool import setup_stuck
+
+    gate, once = Gate(tmp_path / "gate"), Gate(tmp_path / "once")
+    try:
+        with sp.Pool(
+            1, backend="processes", setup=setup_stuck(gate, once=once), task_timeout=1.0, retries=1
+        ) as pool:
+            assert list(pool.imap(abs, range(-3, 0))) == [3, 2, 1]
+            assert once.is_set()
+    finally:
+        gate.set()
+
+
 @pytest.mark.parametrize("workers", WORKER_COUNTS)
 def test_unpicklable_argument_fails_its_item_naming_it(workers: int) -> None:
     """An argument that cannot be pickled fails that item (naming the argument and the

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import threading
 import time
 import traceback
@@ -397,6 +398,74 @@ def test_stats_queued_counts_work_only(backend: str, tmp_path: Path) -> None:
     assert [f.result(WAIT) for f in futures] == [True] * 4
     pool.shutdown(wait=True)
     assert pool.stats().queued == 0
+
+
+def stuck_in_setup(gate: Gate) -> None:
+    """Stands for a setup that never returns (a model load waiting on a dead share)."""
+    gate.wait(60)
+
+
+def setup_stuck(gate: Gate, only: int | None = None, once: Gate | None = None) -> Any:
+    """A setup that hangs (on worker `only`, or on all; with `once`, only the first time)."""
+
+    def setup(worker: sp.Worker) -> None:
+        if only is not None and worker.index != only:
+            return
+        if once is not None:
+            if once.is_set():
+                return
+            once.set()
+        stuck_in_setup(gate)
+
+    return setup
+
+
+@pytest.mark.parametrize("limit", ["stall_timeout", "task_timeout"])
+def test_a_setup_that_hangs_breaks_the_pool_naming_its_frame(
+    backend: str, limit: str, tmp_path: Path
+) -> None:
+    """Setup is watched like a task: past task_timeout, or in a stall with
+    on_stall='raise', the consumer gets BrokenPool whose cause names setup's frame."""
+    gate = Gate(tmp_path / "gate")
+    options: dict[str, Any] = (
+        {"stall_timeout": 0.5, "on_stall": "raise"}
+        if limit == "stall_timeout"
+        else {"task_timeout": 1.0}
+    )
+    try:
+        with sp.Pool(2, backend=backend, setup=setup_stuck(gate), **options) as pool:
+            with pytest.raises(sp.BrokenPool, match="setup") as info:
+                list(pool.imap(abs, range(4)))
+            cause = info.value.__cause__
+            assert isinstance(cause, sp.StallError if limit == "stall_timeout" else sp.TaskTimeout)
+            text = "".join(traceback.format_exception(cause))
+            assert "setup(worker)" in text
+            assert "stuck_in_setup" in text
+    finally:
+        gate.set()
+
+
+def test_a_worker_stuck_in_setup_is_reported_while_the_others_work(
+    backend: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One of two workers never finishes setup: the pool runs on the other, and the
+    stuck setup is reported (its frame named) instead of passing in silence."""
+    gate = Gate(tmp_path / "gate")
+    try:
+        with sp.Pool(
+            2, backend=backend, setup=setup_stuck(gate, only=1), stall_timeout=0.5
+        ) as pool:
+            with caplog.at_level(logging.WARNING, logger="steadypool"):
+                assert list(pool.imap(square, range(6))) == [x * x for x in range(6)]
+                deadline = time.monotonic() + WAIT
+                while "stuck_in_setup" not in caplog.text and time.monotonic() < deadline:
+                    time.sleep(0.05)  # the report comes on the watchdog's own tick
+            gate.set()
+    finally:
+        gate.set()
+    assert "worker 1" in caplog.text
+    assert "has run setup(worker)" in caplog.text
+    assert "stuck_in_setup" in caplog.text
 
 
 # --- abandoning, shutdown ---------------------------------------------------------------

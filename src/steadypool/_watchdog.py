@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
     from ._backends._base import Backend, Busy
 
-__all__ = ["BusyWorker", "Monitor", "StallReport", "Watchdog", "build_report"]
+__all__ = ["BusyWorker", "Monitor", "StallReport", "Watchdog", "build_report", "label"]
 
 logger = logging.getLogger("steadypool")
 
@@ -51,6 +51,7 @@ class BusyWorker:
         running_for: Seconds since it started the item.
         stack: The item's current Python stack, innermost call last.
         where: The thread (or process) running it.
+        setup: True when the worker is running ``setup(worker)``, not an item.
     """
 
     index: int
@@ -59,6 +60,19 @@ class BusyWorker:
     running_for: float
     stack: str
     where: str
+    setup: bool = False
+
+    @property
+    def what(self) -> str:
+        """``setup(worker)``, ``item 7`` or ``a submitted task``."""
+        return label(self.setup, self.position)
+
+
+def label(setup: bool, position: int | None) -> str:
+    """What a busy worker runs, as messages name it."""
+    if setup:
+        return "setup(worker)"
+    return "a submitted task" if position is None else f"item {position}"
 
 
 @final
@@ -98,9 +112,8 @@ class StallReport:
             f"{self.queued} queued; report {self.episode} of this stall)",
         ]
         for busy in self.busy:
-            item = "a submitted task" if busy.position is None else f"item {busy.position}"
             lines.append(
-                f"  {describe(busy.index, busy.device)} [{busy.where}] has run {item} for "
+                f"  {describe(busy.index, busy.device)} [{busy.where}] has run {busy.what} for "
                 f"{busy.running_for:.1f}s, now at:"
             )
             lines.extend("    " + line for line in busy.stack.rstrip().splitlines())
@@ -149,6 +162,8 @@ class Decision:
 
     timed_out: list[Busy] = field(default_factory=list)
     stall: list[Busy] | None = None  # the busy items of a stall to report now
+    # setups running past stall_timeout while the pool goes on without them (each once)
+    slow_setups: list[Busy] = field(default_factory=list)
     since_progress: float = 0.0
     episode: int = 0
 
@@ -173,6 +188,7 @@ class Watchdog:
         self._episode_since: float | None = None  # progress time of the current episode
         self._reports = 0  # reports made in the current episode
         self._next_report = 0.0
+        self._slow_setups: set[int] = set()  # tokens of setups already reported as slow
 
     @property
     def in_episode(self) -> bool:
@@ -194,6 +210,18 @@ class Watchdog:
         running = [b for b in busy if b.token not in gone]
         if self.stall_timeout is None:
             return decision
+        # A setup is watched like a task: it counts for a stall of the pool, and one that
+        # runs past stall_timeout is reported (once) even while other workers progress.
+        setups = {b.token for b in running if b.is_setup}
+        self._slow_setups &= setups
+        decision.slow_setups = [
+            b
+            for b in running
+            if b.is_setup
+            and b.token not in self._slow_setups
+            and now - b.started >= self.stall_timeout
+        ]
+        self._slow_setups.update(b.token for b in decision.slow_setups)
         if not running:
             self._episode_since = None
             return decision
@@ -214,6 +242,8 @@ class Watchdog:
             decision.stall = running
             decision.since_progress = stalled_for
             decision.episode = self._reports
+        if decision.stall is not None:  # one report covers them
+            decision.slow_setups = []
         return decision
 
 
@@ -281,6 +311,13 @@ class Monitor:
             self._time_out(busy, now)
         if decision.stall is not None:
             self._stall(decision, now)
+        elif decision.slow_setups:
+            # A setup that does not finish, while the pool goes on with the others: the
+            # stall policy applies to it alone.
+            slowest = max(now - b.started for b in decision.slow_setups)
+            self._stall(
+                Decision(stall=decision.slow_setups, since_progress=slowest, episode=1), now
+            )
         elif self._stalled and not self._watchdog.in_episode:
             self._stalled = False
             self._on_report(None)
@@ -290,7 +327,7 @@ class Monitor:
 
         stack = self._backend.stack(busy)
         timeout = self._watchdog.task_timeout or 0.0
-        where = "a submitted task" if busy.position is None else f"item {busy.position}"
+        where = label(busy.is_setup, busy.position)
         error = TaskTimeout(
             f"{where} ran for {now - busy.started:.1f}s, longer than task_timeout={timeout}s, "
             f"on {describe(busy.worker.index, busy.worker.device)}; " + self._backend.replacing,
@@ -302,11 +339,12 @@ class Monitor:
             error.add_note("steadypool: its stack at the timeout:\n" + stack.rstrip())
         # Counted before fail() delivers the error, so that a consumer woken by it sees
         # the count; taken back if the item finished first (only this thread writes it).
-        self.timed_out += 1
+        counted = 0 if busy.is_setup else 1  # timed_out counts items
+        self.timed_out += counted
         if self._backend.fail(busy, error, retry=True):
             logger.warning("steadypool: %s", error)
         else:
-            self.timed_out -= 1
+            self.timed_out -= counted
 
     def _stall(self, decision: Decision, now: float) -> None:
         from ._exceptions import StallError
@@ -324,7 +362,7 @@ class Monitor:
 
             logger.warning("%s\n(on_stall='restart': killing and replacing these workers)", report)
             for busy in decision.stall or ():
-                where = "a submitted task" if busy.position is None else f"item {busy.position}"
+                where = label(busy.is_setup, busy.position)
                 error = TaskTimeout(
                     f"{where} stalled for {decision.since_progress:.1f}s on "
                     f"{describe(busy.worker.index, busy.worker.device)} and "
@@ -377,6 +415,7 @@ def build_report(
             running_for=now - b.started,
             stack=backend.stack(b),
             where=b.where,
+            setup=b.is_setup,
         )
         for b in running
     )

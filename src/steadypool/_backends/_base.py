@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from .._worker import Worker
 
 __all__ = [
+    "SETUP",
     "Backend",
     "Busy",
     "FunctionCache",
@@ -44,6 +45,7 @@ __all__ = [
     "Owner",
     "Run",
     "Task",
+    "setup_broken",
     "take_runnable",
 ]
 
@@ -93,6 +95,54 @@ class Busy(NamedTuple):
     @property
     def position(self) -> int | None:
         return self.owner.position(self.key)
+
+    @property
+    def is_setup(self) -> bool:
+        """Whether this is a worker running ``setup(worker)`` rather than an item."""
+        return self.owner is SETUP
+
+
+class _SetupOwner:
+    """Stands, in a `Busy`, for a worker's ``setup(worker)``: no item, no outcome.
+
+    Setup is watched like a task (task_timeout, stalls); when the watchdog claims it
+    (`Backend.fail`), the backend starts a fresh worker (retries) or breaks the pool.
+    """
+
+    def begin(self, key: Any) -> bool:
+        return True
+
+    def put(self, outcome: Outcome) -> None:
+        pass
+
+    def drop(self, key: Any) -> None:
+        pass
+
+    def position(self, key: Any) -> int | None:
+        return None
+
+    def wanted(self, key: Any) -> bool:
+        return False
+
+
+SETUP = _SetupOwner()
+
+
+def setup_broken(name: str, busy: Busy, error: BaseException) -> BrokenPool:
+    """The `BrokenPool` for a setup the watchdog gave up on (timed out or stalled)."""
+    from .._exceptions import BrokenPool
+    from .._worker import describe
+
+    broken = BrokenPool(
+        f"setup(worker) on {describe(busy.worker.index, busy.worker.device)} of pool "
+        f"{name!r} did not finish ({type(error).__name__}); the pool cannot run tasks. "
+        "Its stack is in the cause below: fix what setup waits for, or raise "
+        "task_timeout/stall_timeout if it is only slow (with backend='processes' or "
+        "'ray', retries=N starts it again on a fresh worker first)",
+        worker=busy.worker,
+    )
+    broken.__cause__ = error
+    return broken
 
 
 class Run:

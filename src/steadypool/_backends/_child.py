@@ -104,6 +104,8 @@ def child_main(
         _send_error(sock, "setup_failed", -1, exc)
         return
     if setup is not None:
+        # From here SIGUSR1 dumps our stack, so the parent may watch the setup.
+        _send(sock, ("setup", os.getpid(), threading.main_thread().ident))
         try:
             worker = worker.with_state(pickle.loads(setup)(worker))
         except BaseException as exc:

@@ -52,7 +52,7 @@ from .._devices import child_view
 from .._exceptions import BrokenPool, PoolClosed, WorkerCrashed
 from .._stats import WorkerStats, count_failure, per_worker
 from .._worker import Worker, describe
-from ._base import Backend, Busy, FunctionCache, Run, take_runnable
+from ._base import SETUP, Backend, Busy, FunctionCache, Run, setup_broken, take_runnable
 from ._child import FN_CACHE, child_main
 
 if TYPE_CHECKING:
@@ -104,6 +104,7 @@ class _Child:
         "queued",
         "ready",
         "running",
+        "setup_started",
         "sock",
         "waited",
         "worker",
@@ -119,6 +120,7 @@ class _Child:
         self.queued: _Run | None = None  # sent behind it, not started yet
         self.fn_ids: OrderedDict[int, None] = OrderedDict()  # what the child has cached
         self.ready = False
+        self.setup_started: float | None = None  # while the child runs setup(worker)
         self.doomed = False  # killed on purpose (watchdog): its death is not a crash
         self.pid = 0
         self.main_ident = 0
@@ -167,6 +169,7 @@ class ProcessBackend(Backend):
         self._children: list[_Child] = []  # every child ever (stats); live ones below
         self._live: dict[int, _Child] = {}  # worker index -> its current child
         self._start_failures: dict[int, int] = {}
+        self._setup_kills: dict[int, int] = {}  # index -> setups killed by the watchdog
         self._task_time = 1.0  # moving average of task durations (manager only)
         self._dump_dir = tempfile.mkdtemp(prefix="steadypool-")
         self._wake_r, self._wake_w = os.pipe()
@@ -259,6 +262,13 @@ class ProcessBackend(Backend):
     def busy(self) -> list[Busy]:
         found = []
         for child in list(self._live.values()):
+            started = child.setup_started
+            if started is not None and not child.doomed:
+                where = f"pid {child.pid}"
+                found.append(
+                    Busy(id(child), child.worker, None, SETUP, started, where, (child, SETUP))
+                )
+                continue
             run = child.running
             if run is None or child.doomed:
                 continue
@@ -278,7 +288,8 @@ class ProcessBackend(Backend):
 
     def stack(self, busy: Busy) -> str:
         child, run = busy.handle
-        if child.running is not run or not child.pid:
+        current = SETUP if child.setup_started is not None else child.running
+        if current is not run or not child.pid:
             return ""
         try:
             with open(child.dump_path, "r+") as dump:
@@ -298,6 +309,8 @@ class ProcessBackend(Backend):
 
     def fail(self, busy: Busy, error: BaseException, *, retry: bool = False) -> bool:
         child, run = busy.handle
+        if run is SETUP:
+            return self._fail_setup(busy, child, error, retry=retry)
         with self._lock:
             if child.running is not run:
                 return False  # finished (or died) first
@@ -322,6 +335,32 @@ class ProcessBackend(Backend):
         else:
             count_failure(child, run.started, time.monotonic())
             run.task[4].put((run.task[0], False, error, child.worker))
+        self._wake()
+        return True
+
+    def _fail_setup(self, busy: Busy, child: _Child, error: BaseException, *, retry: bool) -> bool:
+        """The watchdog gives up on a child's setup: kill it; a fresh child runs setup
+        again while `retries` allow, else the pool breaks."""
+        index = child.worker.index
+        with self._lock:
+            if child.setup_started is None or child.doomed:
+                return False  # it finished (or died) first
+            child.setup_started = None
+            child.doomed = True
+            kills = self._setup_kills[index] = self._setup_kills.get(index, 0) + 1
+        again = retry and kills <= self._retries
+        if again:
+            logger.warning(
+                "steadypool: %s; starting setup again on a fresh worker process (attempt %d of %d)",
+                error,
+                kills + 1,
+                self._retries + 1,
+            )
+        else:
+            self._break(setup_broken(self.name, busy, error))
+            logger.error("steadypool: %s", self._broken)
+        with contextlib.suppress(ProcessLookupError, OSError):
+            os.kill(child.pid, signal.SIGKILL)
         self._wake()
         return True
 
@@ -448,9 +487,18 @@ class ProcessBackend(Backend):
             child.sock = None  # it is ending; the sentinel follows
             return
         tag = pickle.loads(frames[0])
+        if tag[0] == "setup":
+            child.pid, child.main_ident = tag[1], tag[2]
+            with self._lock:
+                if not child.doomed:
+                    child.setup_started = time.monotonic()
+            return
         if tag[0] == "ready":
+            with self._lock:
+                child.setup_started = None
             child.ready, child.pid, child.main_ident = True, tag[1], tag[2]
             self._start_failures.pop(child.worker.index, None)
+            self._setup_kills.pop(child.worker.index, None)
             return
         if tag[0] == "setup_failed":
             exc, text = _remote.loads(frames[1:])

@@ -43,7 +43,7 @@ from .._devices import activate
 from .._exceptions import BrokenPool, PoolClosed, WorkerCrashed
 from .._stats import WorkerStats, count_failure, per_worker
 from .._worker import Worker, bind, describe
-from ._base import Backend, Busy, FunctionCache, Run, take_runnable
+from ._base import SETUP, Backend, Busy, FunctionCache, Run, setup_broken, take_runnable
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -54,6 +54,7 @@ __all__ = ["BACKEND", "RayBackend"]
 
 logger = logging.getLogger("steadypool")
 _JOIN_SLICE = 0.5
+_START_DEATHS = 5  # actors of one index dying in a row before setup: no node can host it
 _pool_ids = itertools.count()
 
 # The Ray instance steadypool started (if any) and how many pools use it.
@@ -106,6 +107,7 @@ class _Actor:
         import ray
 
         node = ray.get_runtime_context().get_node_id()
+        self.ident = threading.get_ident()  # stack() shows the setup while it runs
         try:
             bind(self.worker)
             activate(self.worker.device)
@@ -144,6 +146,7 @@ class _Slot:
         "items",
         "ready",
         "running",
+        "setup_started",
         "waited",
         "where",
         "worker",
@@ -153,6 +156,7 @@ class _Slot:
         self.worker = worker
         self.actor = actor
         self.ready = False
+        self.setup_started: float | None = time.monotonic()  # until setup is done
         self.running: Run | None = None
         self.where = "actor starting"
         self.items = self.failed = 0
@@ -196,6 +200,8 @@ class RayBackend(Backend):
         self._slots: dict[int, _Slot] = {}
         self._history: list[_Slot] = []
         self._fn_refs: FunctionCache[Any] = FunctionCache(128)
+        self._start_deaths: dict[int, int] = {}  # index -> actors that died starting, in a row
+        self._setup_kills: dict[int, int] = {}  # index -> setups killed by the watchdog
         with self._lock:
             for worker in self._workers:
                 self._start(worker)
@@ -222,9 +228,17 @@ class RayBackend(Backend):
         )
 
     def _set_up(self, slot: _Slot, future: Any) -> None:
+        with self._lock:
+            current = self._slots.get(slot.worker.index) is slot and slot.setup_started is not None
+            slot.setup_started = None
+        if not current:
+            return  # the watchdog gave up on this setup (fail) and killed the actor
         try:
             ok, error, pid, node = future.result()
-        except Exception as exc:  # the actor died while starting
+        except self._ray.exceptions.RayActorError as exc:
+            self._died_starting(slot, exc)
+            return
+        except Exception as exc:  # the setup call failed without the actor dying
             ok, error, pid, node = False, (exc, "".join(traceback.format_exception(exc))), 0, ""
         if not ok:
             cause, text = error
@@ -241,7 +255,41 @@ class RayBackend(Backend):
         with self._lock:
             slot.where = f"Ray actor pid {pid} on node {node[:12]}"
             slot.ready = True
+            self._start_deaths.pop(slot.worker.index, None)
+            self._setup_kills.pop(slot.worker.index, None)
         self._dispatch(slot)
+
+    def _died_starting(self, slot: _Slot, cause: BaseException) -> None:
+        """An actor died before its setup finished (its node was lost, it was killed):
+        a crash, not a failing setup; start a fresh one, unless this keeps happening."""
+        index = slot.worker.index
+        with self._lock:
+            deaths = self._start_deaths[index] = self._start_deaths.get(index, 0) + 1
+            again = deaths < _START_DEATHS and self._broken is None and not self._closed
+            if again:
+                self._start(slot.worker)
+        first = str(cause).splitlines()[0] if str(cause) else ""
+        if again:
+            logger.warning(
+                "steadypool: the Ray actor of %s in pool %r died while starting (%s: %s); "
+                "starting a fresh one (likely cause: its node was lost)",
+                describe(index, slot.worker.device),
+                self.name,
+                type(cause).__name__,
+                first,
+            )
+            return
+        if self._closed:
+            return
+        broken = BrokenPool(
+            f"the Ray actor of {describe(index, slot.worker.device)} in pool {self.name!r} "
+            f"died {deaths} times in a row while starting, last with {type(cause).__name__}: "
+            f"{first}; no node of the cluster could host it. Check the cluster (ray status): "
+            "nodes lost, or none with the resources this worker asks for.",
+            worker=slot.worker,
+        )
+        broken.__cause__ = cause
+        self._break(broken)
 
     def _dispatch(self, slot: _Slot) -> None:
         """Give `slot` its next pending item, if it is idle."""
@@ -424,6 +472,12 @@ class RayBackend(Backend):
     def busy(self) -> list[Busy]:
         found = []
         for slot in list(self._slots.values()):
+            started = slot.setup_started
+            if started is not None:
+                found.append(
+                    Busy(id(slot), slot.worker, None, SETUP, started, slot.where, (slot, SETUP))
+                )
+                continue
             run = slot.running
             if run is not None:
                 found.append(
@@ -441,7 +495,8 @@ class RayBackend(Backend):
 
     def stack(self, busy: Busy) -> str:
         slot, run = busy.handle
-        if slot.running is not run:
+        current = SETUP if slot.setup_started is not None else slot.running
+        if current is not run:
             return ""
         try:
             ref = slot.actor.stack.options(concurrency_group="control").remote()
@@ -452,6 +507,8 @@ class RayBackend(Backend):
 
     def fail(self, busy: Busy, error: BaseException, *, retry: bool = False) -> bool:
         slot, run = busy.handle
+        if run is SETUP:
+            return self._fail_setup(busy, slot, error, retry=retry)
         with self._lock:
             if slot.running is not run:
                 return False
@@ -466,6 +523,32 @@ class RayBackend(Backend):
         if not requeue:
             count_failure(slot, run.started, time.monotonic())
             run.task[4].put((run.task[0], False, error, slot.worker))
+        return True
+
+    def _fail_setup(self, busy: Busy, slot: _Slot, error: BaseException, *, retry: bool) -> bool:
+        """The watchdog gives up on an actor's setup: kill it; a fresh actor runs setup
+        again while `retries` allow, else the pool breaks."""
+        index = slot.worker.index
+        with self._lock:
+            if slot.setup_started is None or self._slots.get(index) is not slot:
+                return False  # it finished (or died) first
+            slot.setup_started = None
+            kills = self._setup_kills[index] = self._setup_kills.get(index, 0) + 1
+            again = retry and kills <= self._retries
+            if again:
+                self._start(slot.worker)
+        with contextlib.suppress(Exception):
+            self._ray.kill(slot.actor, no_restart=True)
+        if again:
+            logger.warning(
+                "steadypool: %s; starting setup again on a fresh actor (attempt %d of %d)",
+                error,
+                kills + 1,
+                self._retries + 1,
+            )
+        else:
+            self._break(setup_broken(self.name, busy, error))
+            logger.error("steadypool: %s", self._broken)
         return True
 
     def counts(self) -> tuple[int, int]:

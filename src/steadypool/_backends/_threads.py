@@ -47,7 +47,7 @@ from .._devices import activate
 from .._exceptions import BrokenPool, PoolClosed
 from .._stats import WorkerStats, count_failure, per_worker
 from .._worker import Worker, bind, describe
-from ._base import Backend, Busy
+from ._base import SETUP, Backend, Busy, setup_broken
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -59,6 +59,8 @@ __all__ = ["BACKEND", "ThreadBackend"]
 logger = logging.getLogger("steadypool")
 
 _JOIN_SLICE = 0.5  # seconds; joins wait in slices so that Ctrl-C is noticed between them
+# The claim a worker holds while it runs setup (see `_claims` in the module docstring).
+_SETUP_CLAIM: Any = ("setup",)
 _pool_ids = itertools.count()
 
 
@@ -71,6 +73,7 @@ class _Slot:
         "current",
         "failed",
         "items",
+        "setup_started",
         "thread",
         "waited",
         "worker",
@@ -80,6 +83,7 @@ class _Slot:
         self.worker = worker
         self.thread: threading.Thread | None = None
         self.current: tuple[Task, float] | None = None  # (task, started) while running
+        self.setup_started: float | None = None  # time.monotonic() while in setup
         self.abandoned = False
         self.items = 0
         self.failed = 0
@@ -202,11 +206,26 @@ class ThreadBackend(Backend):
         except BaseException as exc:  # a device that fails to start breaks the pool
             self._break(worker, exc)
         if self._setup is not None and self._broken is None:
+            # Watched like a task: the claim decides between this thread and the watchdog.
+            token = id(slot)
+            self._claims[token] = _SETUP_CLAIM
+            slot.setup_started = time.monotonic()
+            state: Any = None
+            failed: BaseException | None = None
             try:
-                worker = slot.worker = worker.with_state(self._setup(worker))
-                bind(worker)
+                state = self._setup(worker)
             except BaseException as exc:  # any failure breaks the pool
-                self._break(worker, exc)
+                failed = exc
+            slot.setup_started = None
+            if self._claims.pop(token, None) is None:
+                bind(None)
+                return  # the watchdog gave up on this setup: abandoned (the pool broke)
+            if failed is not None:
+                self._break(worker, failed)
+            else:
+                worker = slot.worker = worker.with_state(state)
+                bind(worker)
+            del state, failed
         get = self._tasks.get
         claims = self._claims
         clock = time.monotonic
@@ -262,11 +281,38 @@ class ThreadBackend(Backend):
                 broken.__cause__ = exc
                 self._broken = broken
 
+    def _set_broken(self, broken: BrokenPool) -> None:
+        """Break the pool and fail what is queued (no worker may be left to do it)."""
+        with self._lock:
+            if self._broken is None:
+                self._broken = broken
+            taken = _drain(self._tasks)
+            queued = [task for task in taken if task is not None]
+            for _ in range(len(taken) - len(queued)):
+                self._tasks.put(None)  # stop sentinels stay
+        for task in queued:
+            if task[4].begin(task[0]):
+                task[4].put((task[0], False, self._broken, None))
+
     # --- the watchdog's view -----------------------------------------------------------
 
     def busy(self) -> list[Busy]:
         found = []
         for slot in list(self._live.values()):
+            setup_started = slot.setup_started
+            if setup_started is not None and slot.thread is not None and not slot.abandoned:
+                found.append(
+                    Busy(
+                        id(slot),
+                        slot.worker,
+                        None,
+                        SETUP,
+                        setup_started,
+                        slot.thread.name,
+                        (slot, _SETUP_CLAIM),
+                    )
+                )
+                continue
             current = slot.current
             if current is None or slot.abandoned or slot.thread is None:
                 continue
@@ -283,7 +329,10 @@ class ThreadBackend(Backend):
         thread = slot.thread
         frame = sys._current_frames().get(thread.ident) if thread is not None else None
         current = slot.current
-        if frame is None or current is None or current[0] is not task:
+        if task is _SETUP_CLAIM:
+            if frame is None or slot.setup_started is None:
+                return ""
+        elif frame is None or current is None or current[0] is not task:
             return ""
         frames = traceback.extract_stack(frame)
         # Keep the task's own frames: drop this backend's loop and what is above it.
@@ -297,6 +346,17 @@ class ThreadBackend(Backend):
         slot, task = busy.handle
         if self._claims.pop(busy.token, None) is None:
             return False  # it finished first; its worker delivered the result
+        if task is _SETUP_CLAIM:
+            # A setup that does not finish: its thread is abandoned, and the pool breaks
+            # (a thread cannot be killed, and a fresh one's setup would likely hang too).
+            index = slot.worker.index
+            with self._lock:
+                slot.abandoned = True
+                if self._live.get(index) is slot:
+                    del self._live[index]
+            self._set_broken(setup_broken(self.name, busy, error))
+            logger.error("steadypool: %s", self._broken)
+            return True
         with self._lock:
             slot.abandoned = True
             self._start(slot.worker.with_state(None))  # runs setup afresh
