@@ -174,3 +174,62 @@ def test_many_tiny_tasks_on_several_actors_all_come_back() -> None:
     (an early attempt at queueing calls on actors lost one to a callback race)."""
     with sp.Pool(2, backend="ray", stall_timeout=20, on_stall="raise") as pool:
         assert list(pool.imap(_noop, range(3000), window=64)) == list(range(3000))
+
+
+# A three-node cluster simulated on this machine (ray.cluster_utils): nodes are lost
+# while actors run setup and while they run items, with a node added meanwhile.
+NODE_LOSS = textwrap.dedent(
+    """
+    import logging, time
+    import ray
+    from ray.cluster_utils import Cluster
+    import steadypool as sp
+
+    def task(x):
+        time.sleep(0.1)
+        return x * x
+
+    def slow_setup(worker):
+        time.sleep(1.5)
+
+    cluster = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
+    )
+    nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, logging_level=logging.ERROR, log_to_driver=False)
+    try:
+        with sp.Pool(4, backend="ray", retries=5, setup=slow_setup) as pool:
+            time.sleep(0.5)
+            cluster.remove_node(nodes[0])  # its actors die while in setup
+            out = []
+            for i, result in enumerate(pool.imap(task, range(40), window=8)):
+                out.append(result)
+                if i == 5:  # and a second node, while items run
+                    cluster.add_node(num_cpus=1)
+                    cluster.remove_node(nodes[1])
+            assert out == [x * x for x in range(40)], out
+            assert list(pool.imap(abs, range(-3, 0))) == [3, 2, 1]
+            print("replaced", pool.stats().replaced, "failed", pool.stats().failed)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_losing_nodes_of_a_cluster_keeps_the_pool_going() -> None:
+    """On a multi-node cluster, actors lost with their node (in setup or running items)
+    are crashes: replaced on live nodes and their items retried; every result arrives
+    and the pool stays usable (it used to break with 'setup(worker) raised
+    ActorDiedError')."""
+    done = subprocess.run(
+        [sys.executable, "-c", NODE_LOSS], capture_output=True, text=True, timeout=200
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "BrokenPool" not in done.stderr
+    replaced, failed = done.stdout.split()[1::2]
+    assert int(replaced) >= 1
+    assert int(failed) == 0
