@@ -18,11 +18,10 @@ from typing import Any
 import pytest
 
 from .conftest import BACKENDS
-from .cpython_futures import util
+from .cpython_futures import test_future, util
 from .cpython_futures.adapter import SteadypoolProcesses, SteadypoolRay, SteadypoolThreads
 from .cpython_futures.executor import ExecutorTest
 from .cpython_futures.test_as_completed import AsCompletedTests
-from .cpython_futures.test_future import FutureTests
 from .cpython_futures.test_shutdown import ExecutorShutdownTest
 from .cpython_futures.test_wait import WaitTests
 
@@ -74,7 +73,7 @@ for _backend in BACKENDS:
         globals()[_cls.__name__] = _cls
 
 
-class FutureContract(FutureTests):  # type: ignore[misc]
+class FutureContract(test_future.FutureTests):  # type: ignore[misc]
     """The Future every submit() returns is concurrent.futures.Future: its own tests.
 
     Two of them read what the "concurrent.futures" logger printed to stderr; pytest's log

@@ -22,6 +22,7 @@ Contract every backend keeps (the core relies on it to never wait unboundedly):
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 import weakref
 from abc import ABC, abstractmethod
@@ -45,7 +46,7 @@ __all__ = [
     "Owner",
     "Run",
     "Task",
-    "setup_broken",
+    "give_up_on_setup",
     "take_runnable",
 ]
 
@@ -128,8 +129,27 @@ class _SetupOwner:
 SETUP = _SetupOwner()
 
 
-def setup_broken(name: str, busy: Busy, error: BaseException) -> BrokenPool:
-    """The `BrokenPool` for a setup the watchdog gave up on (timed out or stalled)."""
+def give_up_on_setup(
+    name: str, busy: Busy, error: BaseException, *, attempt: int, retries: int, fresh: str
+) -> BrokenPool | None:
+    """Say what follows a setup the watchdog claimed (timed out or stalled): None, and a
+    WARNING, when attempt `attempt` (1, 2, ...) leaves `retries` for a fresh `fresh`
+    worker to run setup again; else the `BrokenPool` to break the pool with, logged."""
+    if attempt <= retries:
+        logger.warning(
+            "steadypool: %s; starting setup again on a fresh %s (attempt %d of %d)",
+            error,
+            fresh,
+            attempt + 1,
+            retries + 1,
+        )
+        return None
+    broken = _setup_broken(name, busy, error)
+    logger.error("steadypool: %s", broken)
+    return broken
+
+
+def _setup_broken(name: str, busy: Busy, error: BaseException) -> BrokenPool:
     from .._exceptions import BrokenPool
     from .._worker import describe
 
@@ -161,6 +181,7 @@ class Run:
 
 
 R = TypeVar("R", bound=Run)
+logger = logging.getLogger("steadypool")
 
 
 def take_runnable(pending: deque[R]) -> R | None:

@@ -52,7 +52,7 @@ from .._devices import child_view
 from .._exceptions import BrokenPool, PoolClosed, WorkerCrashed
 from .._stats import WorkerStats, count_failure, per_worker
 from .._worker import Worker, describe
-from ._base import SETUP, Backend, Busy, FunctionCache, Run, setup_broken, take_runnable
+from ._base import SETUP, Backend, Busy, FunctionCache, Run, give_up_on_setup, take_runnable
 from ._child import FN_CACHE, child_main
 
 if TYPE_CHECKING:
@@ -348,17 +348,12 @@ class ProcessBackend(Backend):
             child.setup_started = None
             child.doomed = True
             kills = self._setup_kills[index] = self._setup_kills.get(index, 0) + 1
-        again = retry and kills <= self._retries
-        if again:
-            logger.warning(
-                "steadypool: %s; starting setup again on a fresh worker process (attempt %d of %d)",
-                error,
-                kills + 1,
-                self._retries + 1,
-            )
-        else:
-            self._break(setup_broken(self.name, busy, error))
-            logger.error("steadypool: %s", self._broken)
+        retries = self._retries if retry else 0
+        broken = give_up_on_setup(
+            self.name, busy, error, attempt=kills, retries=retries, fresh="worker process"
+        )
+        if broken is not None:
+            self._break(broken)
         with contextlib.suppress(ProcessLookupError, OSError):
             os.kill(child.pid, signal.SIGKILL)
         self._wake()

@@ -43,7 +43,7 @@ from .._devices import activate
 from .._exceptions import BrokenPool, PoolClosed, WorkerCrashed
 from .._stats import WorkerStats, count_failure, per_worker
 from .._worker import Worker, bind, describe
-from ._base import SETUP, Backend, Busy, FunctionCache, Run, setup_broken, take_runnable
+from ._base import SETUP, Backend, Busy, FunctionCache, Run, give_up_on_setup, take_runnable
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -534,21 +534,16 @@ class RayBackend(Backend):
                 return False  # it finished (or died) first
             slot.setup_started = None
             kills = self._setup_kills[index] = self._setup_kills.get(index, 0) + 1
-            again = retry and kills <= self._retries
-            if again:
+            retries = self._retries if retry else 0
+            broken = give_up_on_setup(
+                self.name, busy, error, attempt=kills, retries=retries, fresh="Ray actor"
+            )
+            if broken is None:
                 self._start(slot.worker)
         with contextlib.suppress(Exception):
             self._ray.kill(slot.actor, no_restart=True)
-        if again:
-            logger.warning(
-                "steadypool: %s; starting setup again on a fresh actor (attempt %d of %d)",
-                error,
-                kills + 1,
-                self._retries + 1,
-            )
-        else:
-            self._break(setup_broken(self.name, busy, error))
-            logger.error("steadypool: %s", self._broken)
+        if broken is not None:
+            self._break(broken)
         return True
 
     def counts(self) -> tuple[int, int]:

@@ -47,7 +47,7 @@ from .._devices import activate
 from .._exceptions import BrokenPool, PoolClosed
 from .._stats import WorkerStats, count_failure, per_worker
 from .._worker import Worker, bind, describe
-from ._base import SETUP, Backend, Busy, setup_broken
+from ._base import SETUP, Backend, Busy, give_up_on_setup
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -354,8 +354,9 @@ class ThreadBackend(Backend):
                 slot.abandoned = True
                 if self._live.get(index) is slot:
                     del self._live[index]
-            self._set_broken(setup_broken(self.name, busy, error))
-            logger.error("steadypool: %s", self._broken)
+            broken = give_up_on_setup(self.name, busy, error, attempt=1, retries=0, fresh="")
+            assert broken is not None  # no retries on threads
+            self._set_broken(broken)
             return True
         with self._lock:
             slot.abandoned = True
