@@ -118,6 +118,7 @@ RUNNERS: dict[str, Runner] = {
     "mpire threading imap": mpire_threading,
     "steadypool imap (window=2xworkers)": sp_imap(None),
     "steadypool imap window=256": sp_imap(256),
+    "  stall_timeout=None (no watchdog)": sp_imap(256, stall_timeout=None),
     "  + task_timeout + stall_timeout": sp_imap(256, **WATCHED),
     "steadypool imap (default) + timeouts": sp_imap(None, **WATCHED),
     "steadypool imap_batches 64": sp_imap_batches(64),

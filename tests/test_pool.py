@@ -427,10 +427,12 @@ def test_a_setup_that_hangs_breaks_the_pool_naming_its_frame(
     """Setup is watched like a task: past task_timeout, or in a stall with
     on_stall='raise', the consumer gets BrokenPool whose cause names setup's frame."""
     gate = Gate(tmp_path / "gate")
+    # A Ray actor's setup is timed from the actor's creation: give it time to start.
+    seconds = 5.0 if backend == "ray" else 0.5
     options: dict[str, Any] = (
-        {"stall_timeout": 0.5, "on_stall": "raise"}
+        {"stall_timeout": seconds, "on_stall": "raise"}
         if limit == "stall_timeout"
-        else {"task_timeout": 1.0}
+        else {"task_timeout": 2 * seconds}
     )
     try:
         with sp.Pool(2, backend=backend, setup=setup_stuck(gate), **options) as pool:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 import steadypool as sp
-from steadypool._backends._base import Busy
+from steadypool._backends._base import SETUP, Busy
 from steadypool._watchdog import Watchdog
 
 if TYPE_CHECKING:
@@ -40,6 +40,34 @@ def test_no_stall_while_items_keep_finishing() -> None:
         decision = dog.check(float(now), [busy(1, 0.0)], last_done=float(now) - 1)
         assert decision.stall is None
     assert dog.stalls == 0
+
+
+def setup_busy(token: int, started: float) -> Busy:
+    return Busy(token, sp.Worker(token), None, SETUP, started, f"t{token}", None)
+
+
+def test_a_slow_setup_is_reported_with_back_off_while_the_pool_progresses() -> None:
+    """A setup past stall_timeout is reported even though items keep finishing, then
+    again after 2x and 4x; a setup that ends is forgotten."""
+    dog = Watchdog(None, stall_timeout=10.0)
+    stuck = setup_busy(7, 0.0)
+    times = [
+        t
+        for t in range(0, 80)
+        if dog.check(float(t), [busy(1, float(t)), stuck], last_done=float(t)).slow_setups
+    ]
+    assert times == [10, 30, 70]
+    assert dog.stalls == 0  # not a stall of the pool
+    assert not dog.check(100.0, [busy(1, 99.0)], last_done=99.0).slow_setups
+
+
+def test_a_pool_stuck_in_setup_is_one_stall() -> None:
+    """Every worker in setup and nothing finishing: one stall report covers them."""
+    dog = Watchdog(None, stall_timeout=10.0)
+    decision = dog.check(10.0, [setup_busy(1, 0.0), setup_busy(2, 0.0)], last_done=0.0)
+    assert decision.stall is not None
+    assert len(decision.stall) == 2
+    assert decision.slow_setups == []
 
 
 def test_stall_is_reported_once_then_with_back_off_until_progress() -> None:

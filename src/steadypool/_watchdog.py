@@ -188,7 +188,8 @@ class Watchdog:
         self._episode_since: float | None = None  # progress time of the current episode
         self._reports = 0  # reports made in the current episode
         self._next_report = 0.0
-        self._slow_setups: set[int] = set()  # tokens of setups already reported as slow
+        # setups reported as slow: token -> (reports so far, when the next one is due)
+        self._slow_setups: dict[int, tuple[int, float]] = {}
 
     @property
     def in_episode(self) -> bool:
@@ -211,17 +212,18 @@ class Watchdog:
         if self.stall_timeout is None:
             return decision
         # A setup is watched like a task: it counts for a stall of the pool, and one that
-        # runs past stall_timeout is reported (once) even while other workers progress.
-        setups = {b.token for b in running if b.is_setup}
-        self._slow_setups &= setups
-        decision.slow_setups = [
-            b
-            for b in running
-            if b.is_setup
-            and b.token not in self._slow_setups
-            and now - b.started >= self.stall_timeout
-        ]
-        self._slow_setups.update(b.token for b in decision.slow_setups)
+        # runs past stall_timeout is reported even while other workers progress (then
+        # again after 2x, 4x, ... stall_timeout, as stalls are).
+        setups = {b.token: b for b in running if b.is_setup}
+        self._slow_setups = {t: v for t, v in self._slow_setups.items() if t in setups}
+        for token, setup in setups.items():
+            reports, due = self._slow_setups.get(token, (0, setup.started + self.stall_timeout))
+            if now >= due:
+                decision.slow_setups.append(setup)
+                self._slow_setups[token] = (
+                    reports + 1,
+                    now + self.stall_timeout * 2 ** (reports + 1),
+                )
         if not running:
             self._episode_since = None
             return decision

@@ -553,6 +553,7 @@ class ProcessBackend(Backend):
                 self._pending.appendleft(run)
         self._close_child(child)
         del self._live[child.worker.index]
+        crash: WorkerCrashed | None = None
         if run is not None and not child.doomed:
             where = describe(child.worker.index, child.worker.device)
             item = (
@@ -574,9 +575,7 @@ class ProcessBackend(Backend):
             )
             if requeue:
                 logger.warning("steadypool: %s", crash)
-            else:
-                count_failure(child, run.started, time.monotonic())
-                run.task[4].put((run.task[0], False, crash, child.worker))
+                crash = None
         elif not child.ready and not child.doomed and self._broken is None:
             failures = self._start_failures.get(child.worker.index, 0) + 1
             self._start_failures[child.worker.index] = failures
@@ -593,6 +592,11 @@ class ProcessBackend(Backend):
             needed = self._broken is None and not (self._closed and not self._pending)
         if needed:
             self._spawn(child.worker)
+        if crash is not None and run is not None:
+            # Delivered once the replacement exists: whoever the crash wakes finds the
+            # pool at full strength (and stats counting the replacement).
+            count_failure(child, run.started, time.monotonic())
+            run.task[4].put((run.task[0], False, crash, child.worker))
 
     def _break(self, broken: BrokenPool) -> None:
         with self._lock:

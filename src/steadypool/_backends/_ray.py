@@ -503,6 +503,12 @@ class RayBackend(Backend):
             text: str = self._ray.get(ref, timeout=2.0)
         except Exception as exc:
             return f"(no stack from the Ray actor: {type(exc).__name__})"
+        if not text and run is SETUP:
+            return (
+                "(no stack yet: the Ray actor has not started running setup; it is still "
+                "being scheduled or started, e.g. waiting for a node with the resources "
+                "it asks for)\n"
+            )
         return text
 
     def fail(self, busy: Busy, error: BaseException, *, retry: bool = False) -> bool:
