@@ -71,6 +71,7 @@ for _backend in BACKENDS:
     for _contract in CONTRACTS:
         _cls = _case(_backend, _contract)
         globals()[_cls.__name__] = _cls
+del _backend, _contract, _cls  # else pytest collects the last class twice
 
 
 class FutureContract(test_future.FutureTests):  # type: ignore[misc]
