@@ -86,12 +86,13 @@ def test_stall_report_names_the_actor_and_its_node(gate: Gate) -> None:
     with sp.Pool(1, backend="ray", stall_timeout=0.5, on_stall=reports.append) as pool:
         future = pool.submit(hang, gate)
         deadline = __import__("time").monotonic() + WAIT
-        while not reports:
+        # The actor's start may be reported first (setup is watched too): wait for the task.
+        while not [r for r in reports if not r.busy[0].setup]:
             assert __import__("time").monotonic() < deadline
             __import__("time").sleep(0.02)
         gate.set()
         future.result(WAIT)
-    (busy,) = reports[0].busy
+    (busy,) = next(r for r in reports if not r.busy[0].setup).busy
     assert "Ray actor pid" in busy.where
     assert "on node" in busy.where
     assert "in hang" in busy.stack

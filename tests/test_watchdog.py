@@ -61,6 +61,16 @@ def test_a_slow_setup_is_reported_with_back_off_while_the_pool_progresses() -> N
     assert not dog.check(100.0, [busy(1, 99.0)], last_done=99.0).slow_setups
 
 
+def test_a_worker_still_starting_is_not_timed_out() -> None:
+    """task_timeout does not apply while a worker is still being started (a Ray actor
+    waiting for a node): only stall reports watch that."""
+    dog = Watchdog(task_timeout=1.0, stall_timeout=10.0)
+    starting = setup_busy(3, 0.0)._replace(timed=False)
+    assert dog.check(5.0, [starting], last_done=0.0).timed_out == []
+    assert dog.check(5.0, [setup_busy(3, 0.0)], last_done=0.0).timed_out != []
+    assert dog.check(10.0, [starting], last_done=0.0).stall == [starting]
+
+
 def test_a_pool_stuck_in_setup_is_one_stall() -> None:
     """Every worker in setup and nothing finishing: one stall report covers them."""
     dog = Watchdog(None, stall_timeout=10.0)

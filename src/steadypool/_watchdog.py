@@ -206,7 +206,9 @@ class Watchdog:
         """Decide what to do at time `now`, given what runs and when an item last finished."""
         decision = Decision()
         if self.task_timeout is not None:
-            decision.timed_out = [b for b in busy if now - b.started >= self.task_timeout]
+            decision.timed_out = [
+                b for b in busy if b.timed and now - b.started >= self.task_timeout
+            ]
         gone = {b.token for b in decision.timed_out}
         running = [b for b in busy if b.token not in gone]
         if self.stall_timeout is None:

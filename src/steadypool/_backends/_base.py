@@ -92,6 +92,9 @@ class Busy(NamedTuple):
     started: float  # time.monotonic() when the worker started it
     where: str  # the thread or process running it
     handle: Any  # backend-private
+    # Whether task_timeout applies: False while a worker is still being started (a Ray
+    # actor waiting for a node), which only stall reports watch.
+    timed: bool = True
 
     @property
     def position(self) -> int | None:

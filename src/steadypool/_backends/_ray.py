@@ -103,6 +103,12 @@ class _Actor:
         self.setup_bytes = setup
         self.ident = 0
 
+    def begin(self) -> tuple[int, str]:
+        """Answer as soon as the actor runs: (pid, node id); setup follows."""
+        import ray
+
+        return os.getpid(), ray.get_runtime_context().get_node_id()
+
     def setup(self) -> tuple[bool, Any, int, str]:
         import ray
 
@@ -141,6 +147,7 @@ class _Slot:
 
     __slots__ = (
         "actor",
+        "begun",
         "busy",
         "failed",
         "items",
@@ -156,6 +163,7 @@ class _Slot:
         self.worker = worker
         self.actor = actor
         self.ready = False
+        self.begun = False  # the actor process runs (setup is timed from then)
         self.setup_started: float | None = time.monotonic()  # until setup is done
         self.running: Run | None = None
         self.where = "actor starting"
@@ -223,9 +231,25 @@ class RayBackend(Backend):
         slot = _Slot(worker, actor)
         self._slots[worker.index] = slot
         self._history.append(slot)
+        actor.begin.remote().future().add_done_callback(
+            lambda future, slot=slot: self._begun(slot, future)
+        )
         actor.setup.remote().future().add_done_callback(
             lambda future, slot=slot: self._set_up(slot, future)
         )
+
+    def _begun(self, slot: _Slot, future: Any) -> None:
+        """The actor runs: its setup is timed (task_timeout) from now, as on the other
+        backends; until now it was being scheduled and started (stall reports only)."""
+        try:
+            pid, node = future.result()
+        except Exception:
+            return  # it died first: _set_up hears of it too
+        with self._lock:
+            if slot.setup_started is not None and not slot.begun:
+                slot.setup_started = time.monotonic()
+                slot.begun = True
+                slot.where = f"Ray actor pid {pid} on node {node[:12]}"
 
     def _set_up(self, slot: _Slot, future: Any) -> None:
         with self._lock:
@@ -475,7 +499,16 @@ class RayBackend(Backend):
             started = slot.setup_started
             if started is not None:
                 found.append(
-                    Busy(id(slot), slot.worker, None, SETUP, started, slot.where, (slot, SETUP))
+                    Busy(
+                        id(slot),
+                        slot.worker,
+                        None,
+                        SETUP,
+                        started,
+                        slot.where,
+                        (slot, SETUP),
+                        timed=slot.begun,
+                    )
                 )
                 continue
             run = slot.running
