@@ -188,3 +188,34 @@ def test_no_abort_at_exit_while_a_worker_thread_is_inside_torch(program: str, pr
     assert "terminate called" not in done.stderr
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == printed
+
+
+LEFT_OPEN = """
+    import sys, threading, time
+    import steadypool as sp
+
+    def wedged():
+        threading.Event().wait()
+
+    if __name__ == "__main__":
+        pool = sp.Pool(2, backend="processes", stall_timeout=0.3)
+        assert pool.submit(abs, -1).result() == 1
+        if sys.argv[1] == "wedged":
+            pool.submit(wedged)  # the exit wait gives up on it and kills the worker
+"""
+
+
+@pytest.mark.parametrize("ending", ["idle", "wedged"])
+def test_a_process_pool_open_at_exit_leaves_no_files(ending: str, tmp_path: Path) -> None:
+    """A process pool still open at exit (idle, or with a worker the exit wait gave up
+    on) leaves nothing in $TMPDIR (its workers' stack-dump files used to stay)."""
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(LEFT_OPEN), ending],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("steadypool-")] == []
