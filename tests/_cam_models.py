@@ -28,3 +28,10 @@ class SlowNet(TinyCAMNet):
 def other_width() -> TinyCAMNet:
     """A factory whose weights do not fit TinyCAMNet's (5 classes)."""
     return TinyCAMNet(num_classes=5)
+
+
+class PsaStyleNet(TinyCAMNet):
+    """Defined the way psa's network.resnet38_cls.Net is: train() returns None."""
+
+    def train(self, mode: bool = True) -> None:  # type: ignore[override]
+        super().train(mode)

@@ -1,7 +1,8 @@
 """An independent, straightforward CAM implementation to check the runner against.
 
-Written the way psa's infer_cls.py and irn's make_cam.py do it (one variant at a time,
-numpy sums), sharing no code with steadypool._tta.
+Written the way psa's infer_cls.py (HEAD 9493e59) and irn's make_cam.py with its
+VOC12ClassificationDatasetMSF (HEAD a2ece00: Pillow resizing) do it (one variant at a
+time, numpy sums), sharing no code with steadypool._tta.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from skimage.transform import rescale
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -53,12 +53,22 @@ def psa(
     return {i: norm_cam[i] for i in range(len(label)) if label[i] > 1e-5}
 
 
-def irn(model: Any, path: str, label: np.ndarray, scales: list[float]) -> dict[str, np.ndarray]:
+def _pil_rescale(img: np.ndarray, scale: float) -> np.ndarray:
+    """irn HEAD's misc/imutils.pil_rescale(img, scale, order=3), written out again."""
+    height, width = img.shape[:2]
+    target = (int(np.round(height * scale)), int(np.round(width * scale)))
+    if target[0] == height and target[1] == width:
+        return img
+    return np.asarray(Image.fromarray(img).resize(target[::-1], Image.Resampling.BICUBIC))
+
+
+def irn(model: Any, path: str, label: np.ndarray, scales: list[float]) -> dict[str, Any]:
+    """irn HEAD (a2ece00): VOC12ClassificationDatasetMSF + step/make_cam.py, one image."""
     img = np.asarray(Image.open(path).convert("RGB"))
     height, width = img.shape[:2]
     outputs = []
     for s in scales:
-        s_img = rescale(img, s, order=3, preserve_range=True, anti_aliasing=True, channel_axis=-1)
+        s_img = img if s == 1 else _pil_rescale(img, s)
         chw = _norm(s_img)
         pack = torch.from_numpy(np.stack([chw, np.flip(chw, -1)]).copy())
         with torch.no_grad():
@@ -86,4 +96,4 @@ def irn(model: Any, path: str, label: np.ndarray, scales: list[float]) -> dict[s
         strided /= F.adaptive_max_pool2d(strided, (1, 1)) + 1e-5
         high = high[valid]
         high /= F.adaptive_max_pool2d(high, (1, 1)) + 1e-5
-    return {"keys": valid.numpy(), "cam": strided.numpy(), "high_res": high.numpy()}
+    return {"keys": valid, "cam": strided.cpu(), "high_res": high.cpu().numpy()}

@@ -107,10 +107,18 @@ def test_outputs_match_an_independent_implementation(
         else:
             want_irn = reference.irn(model, path, label, list(SCALES))
             assert set(got) == {"keys", "cam", "high_res"}
-            np.testing.assert_array_equal(got["keys"], want_irn["keys"])
+            # irn's own types, which its next steps (make_sem_seg_labels.py) rely on
+            assert isinstance(got["keys"], torch.Tensor)
+            assert got["keys"].dtype == torch.int64
+            assert isinstance(got["cam"], torch.Tensor)
+            assert (got["cam"].dtype, got["cam"].device.type) == (torch.float32, "cpu")
+            assert isinstance(got["high_res"], np.ndarray)
+            assert got["high_res"].dtype == np.float32
+            assert torch.equal(got["keys"], want_irn["keys"])
             for part in ("cam", "high_res"):
-                assert isinstance(got[part], np.ndarray)
-                np.testing.assert_allclose(got[part], want_irn[part], atol=TOL, rtol=0)
+                np.testing.assert_allclose(
+                    np.asarray(got[part]), np.asarray(want_irn[part]), atol=TOL, rtol=0
+                )
 
 
 def test_no_flip_and_other_scales(labels_file: Path, tmp_path: Path) -> None:
@@ -304,3 +312,77 @@ def test_demo_writes_cams_predictions_and_overlays(tmp_path: Path) -> None:
         assert (tmp_path / "overlay" / f"{name}.png").stat().st_size > 1000
         assert (tmp_path / "pred" / f"{name}.png").exists()
     assert os.path.exists(demo_images() / "LICENSES.txt")
+
+
+def _cli_cam(labels: Path, out: Path, model: str) -> list[str]:
+    return [
+        "cam",
+        "--images",
+        str(demo_images()),
+        "--labels",
+        str(labels),
+        "--model",
+        model,
+        "--out",
+        str(out),
+        "--devices",
+        "cpu",
+        "--quiet",
+    ]
+
+
+def test_a_psa_style_network_whose_train_returns_none_runs(
+    labels_file: Path, tmp_path: Path
+) -> None:
+    """psa's Net overrides train() and returns None (so eval() returns None): the CLI
+    keeps the model instead of dying on it."""
+    assert main(_cli_cam(labels_file, tmp_path, "tests._cam_models:PsaStyleNet")) == 0
+    assert len(list(tmp_path.glob("*.npy"))) == 4
+
+
+def test_the_installed_command_finds_a_model_module_in_the_current_folder(
+    labels_file: Path, tmp_path: Path
+) -> None:
+    """`steadypool cam --model mynet:Net` with mynet.py in the current folder works
+    through the installed console script, not only through python -m."""
+    (tmp_path / "mynet.py").write_text("from steadypool._tta._demo_net import TinyCAMNet as Net\n")
+    command = Path(sys.executable).with_name("steadypool")
+    done = subprocess.run(
+        [str(command), *_cli_cam(labels_file, tmp_path / "out", "mynet:Net")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert len(list((tmp_path / "out").glob("*.npy"))) == 4
+
+
+@pytest.mark.parametrize(
+    ("source", "attr", "match"),
+    [
+        ("def broken(:\n", "Net", "SyntaxError"),
+        ("raise RuntimeError('no GPU here')\n", "Net", "RuntimeError: no GPU here"),
+        ("NOT_A_CLASS = 3\n", "NOT_A_CLASS", "names a int, not a class or factory"),
+    ],
+)
+def test_a_model_that_cannot_be_loaded_is_one_clear_error(
+    labels_file: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    source: str,
+    attr: str,
+    match: str,
+) -> None:
+    """A model module with a syntax error, one that raises on import, or a name that is
+    not a class: exit 2 with one message before any work, no traceback, no output."""
+    module = f"badnet_{abs(hash(source)) % 10**8}"
+    (tmp_path / f"{module}.py").write_text(source)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        assert main(_cli_cam(labels_file, tmp_path / "out", f"{module}:{attr}")) == 2
+    finally:
+        sys.path.remove(str(tmp_path))
+    err = capsys.readouterr().err
+    assert match in err
+    assert "Traceback" not in err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import zlib
@@ -117,6 +118,10 @@ def _cam_demo(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
+    # `--model mynet:Net` finds mynet.py in the current folder, as with `python -m
+    # steadypool` (an installed console script does not put the folder on sys.path).
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     parser = argparse.ArgumentParser(prog="steadypool", description=sp.__doc__)
     commands = parser.add_subparsers(dest="command")
 

@@ -58,15 +58,19 @@ def prepare_psa(model: Any, image: Any, scales: Sequence[float]) -> list[np.ndar
 
 
 def prepare_irn(model: Any, image: Any, scales: Sequence[float]) -> list[np.ndarray]:
-    """irn: per scale, skimage rescale (order 3, anti-aliased, range kept), normalise, CHW."""
-    from skimage.transform import rescale
+    """irn (HEAD a2ece00, ``misc/imutils.pil_rescale``): per scale other than 1, PIL
+    bicubic on the uint8 image to ``(int(np.round(H*s)), int(np.round(W*s)))`` (an equal
+    size is left untouched); then normalise, CHW."""
+    from PIL import Image
 
     array = np.asarray(image)
+    height, width = array.shape[:2]
     out = []
     for s in scales:
-        scaled = rescale(
-            array, s, order=3, preserve_range=True, anti_aliasing=True, channel_axis=-1
-        )
+        size = (int(np.round(height * s)), int(np.round(width * s)))
+        scaled = array
+        if s != 1 and size != (height, width):
+            scaled = np.asarray(Image.fromarray(array).resize(size[::-1], Image.Resampling.BICUBIC))
         out.append(np.ascontiguousarray(normalize(model, scaled).transpose(2, 0, 1)))
     return out
 
@@ -119,11 +123,13 @@ def infer_irn(
     *,
     flip: bool,
     device: Any,
-) -> dict[str, np.ndarray]:
+) -> dict[str, Any]:
     """irn: {"keys", "cam", "high_res"}.  Per scale, [img, flip(img)] as one batch,
     o = cam[0] + cam[1].flip(-1); strided = sum of bilinear(o, ceil(H/4) x ceil(W/4));
     high_res = sum of bilinear(o, ceil(H/16)*16 x ceil(W/16)*16) cropped to H x W;
-    rows with label != 0 kept, each divided by its max + 1e-5."""
+    rows with label != 0 kept, each divided by its max + 1e-5.  Saved with irn's types,
+    so irn's next steps read them: keys a torch int64 tensor, cam a float32 CPU
+    tensor, high_res a float32 numpy array."""
     import torch
     import torch.nn.functional as F
 
@@ -149,14 +155,16 @@ def infer_irn(
             strided = strided / (F.adaptive_max_pool2d(strided, (1, 1)) + EPS)
             high = high / (F.adaptive_max_pool2d(high, (1, 1)) + EPS)
         return {
-            "keys": keys.astype(np.int64),
-            "cam": strided.cpu().numpy(),
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "cam": strided.cpu(),
             "high_res": high.cpu().numpy(),
         }
 
 
-def predict(keys: np.ndarray, maps: np.ndarray, size: tuple[int, int], bg: float) -> np.ndarray:
-    """psa's prediction: argmax over [a bg plane, the maps]; 0 = background, k+1 = class k."""
+def predict(keys: Any, maps: np.ndarray, size: tuple[int, int], bg: float) -> np.ndarray:
+    """psa's prediction: argmax over [a bg plane, the maps]; 0 = background, k+1 = class k.
+    `keys` may be a numpy array or (irn) a torch tensor."""
+    keys = np.asarray(keys)
     planes = np.concatenate([np.full((1, *size), bg, dtype=np.float32), maps.reshape(-1, *size)])
     winner = np.argmax(planes, axis=0)
     lookup = np.concatenate([[0], np.asarray(keys, dtype=np.int64) + 1])

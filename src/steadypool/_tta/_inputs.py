@@ -86,9 +86,19 @@ def load_model(spec: str, weights: Path | None) -> Any:
         raise CamInputError(f"--model must be MODULE:ATTR, got {spec!r}")
     try:
         factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise CamInputError(f"cannot load the model {spec!r}: {exc}") from exc
-    model = factory()
+    except Exception as exc:  # ImportError, AttributeError, and whatever the module raises
+        raise CamInputError(f"cannot load the model {spec!r}: {type(exc).__name__}: {exc}") from exc
+    if not callable(factory):
+        raise CamInputError(
+            f"--model {spec!r} names a {type(factory).__name__}, not a class or factory "
+            "that builds the network"
+        )
+    try:
+        model = factory()
+    except Exception as exc:
+        raise CamInputError(
+            f"building the model {spec!r} failed: {type(exc).__name__}: {exc}"
+        ) from exc
     if not callable(getattr(model, "forward_cam", None)):
         raise CamInputError(
             f"the model from {spec!r} ({type(model).__name__}) has no forward_cam(x) method; "
@@ -102,7 +112,9 @@ def load_model(spec: str, weights: Path | None) -> Any:
             raise CamInputError(
                 f"the weights {weights} do not fit the model {spec!r}: {exc}"
             ) from exc
-    return model.eval()
+    # Not `return model.eval()`: psa's Net overrides train() and returns None from it.
+    model.eval()
+    return model
 
 
 def class_count(model: Any) -> int:

@@ -177,7 +177,7 @@ def _save(config: CamConfig, item: _Prepared, result: Any) -> None:
             config.out / f"{item.name}.npy", {int(k): m for k, m in zip(keys, maps, strict=True)}
         )
     else:
-        keys, maps = result["keys"], result["high_res"]
+        keys, maps = np.asarray(result["keys"]), result["high_res"]  # keys: a torch tensor
         _write_atomic(config.out / f"{item.name}.npy", result)
     if config.pred_dir is not None:
         pred = _cam.predict(keys, maps, item.size, config.bg)
