@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("torch")
-pytest.importorskip("skimage")
+pytest.importorskip("PIL")
 
 import torch
 
