@@ -35,3 +35,16 @@ class PsaStyleNet(TinyCAMNet):
 
     def train(self, mode: bool = True) -> None:  # type: ignore[override]
         super().train(mode)
+
+
+class IrnStyleCAM(nn.Module):
+    """Defined the way irn's net.resnet50_cam.CAM is: no forward_cam; forward takes the
+    pair [img, flip(img)] and returns the merged CAM (same weights as TinyCAMNet)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = TinyCAMNet()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.net.forward_cam(x)
+        return x[0] + x[1].flip(-1)

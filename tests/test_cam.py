@@ -386,3 +386,35 @@ def test_a_model_that_cannot_be_loaded_is_one_clear_error(
     err = capsys.readouterr().err
     assert match in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("fmt", ["psa", "irn"])
+def test_an_irn_style_network_that_merges_the_flip_pair_runs_unmodified(
+    fmt: str, labels_file: Path, tmp_path: Path
+) -> None:
+    """A network defined like irn's CAM (no forward_cam; forward takes [img, flip(img)]
+    and returns the merged map) gives the same files as the reference computed from the
+    same weights through forward_cam; --no-flip is refused for it."""
+    summary = run_cam(
+        _config(labels_file, tmp_path / "out", format=fmt, model="tests._cam_models:IrnStyleCAM")
+    )
+    assert summary.failures == []
+    assert summary.done == 4
+    model = TinyCAMNet().eval()
+    for name, label in _labels(labels_file).items():
+        got = np.load(tmp_path / "out" / f"{name}.npy", allow_pickle=True).item()
+        path = str(demo_images() / f"{name}.jpg")
+        if fmt == "psa":
+            want = reference.psa(model, path, label, list(SCALES), flip=True)
+            for key in want:
+                np.testing.assert_allclose(got[key], want[key], atol=TOL, rtol=0)
+        else:
+            want_irn = reference.irn(model, path, label, list(SCALES))
+            for part in ("cam", "high_res"):
+                np.testing.assert_allclose(
+                    np.asarray(got[part]), np.asarray(want_irn[part]), atol=TOL, rtol=0
+                )
+    with pytest.raises(CamInputError, match="leave out --no-flip"):
+        run_cam(
+            _config(labels_file, tmp_path / "nf", model="tests._cam_models:IrnStyleCAM", flip=False)
+        )

@@ -82,6 +82,17 @@ def _batch(chw: np.ndarray, device: Any, flip: bool) -> Any:
     return torch.cat([x, x.flip(-1)]) if flip else x
 
 
+def _merged(model: Any, chw: np.ndarray, device: Any, flip: bool) -> Any:
+    """One scale's CAM with its flip merged in, ``cam[0] + cam[1].flip(-1)`` (C, h, w):
+    from ``forward_cam``, or from the forward of a model that merges the pair itself
+    (irn's CAM; `_inputs.merges_flip`)."""
+    batch = _batch(chw, device, flip)
+    if not callable(getattr(model, "forward_cam", None)):
+        return model(batch)
+    cams = model.forward_cam(batch)
+    return cams[0] + cams[1].flip(-1) if flip else cams[0]
+
+
 def infer_psa(
     model: Any,
     scaled: Sequence[np.ndarray],
@@ -102,6 +113,11 @@ def infer_psa(
         weights = torch.from_numpy(np.asarray(label, dtype=np.float32)).to(device).view(-1, 1, 1)
         total = None
         for chw in scaled:
+            if not callable(getattr(model, "forward_cam", None)):  # merges the pair itself
+                o = _merged(model, chw, device, flip)[None]
+                variant = F.interpolate(o, size, mode="bilinear", align_corners=False)[0] * weights
+                total = variant if total is None else total + variant
+                continue
             cams = model.forward_cam(_batch(chw, device, flip))
             cams = F.interpolate(cams, size, mode="bilinear", align_corners=False) * weights
             variants = [cams[0], cams[1].flip(-1)] if flip else [cams[0]]
@@ -139,8 +155,7 @@ def infer_irn(
     with torch.no_grad():
         strided = high = None
         for chw in scaled:
-            cams = model.forward_cam(_batch(chw, device, flip))
-            o = cams[0] + cams[1].flip(-1) if flip else cams[0]
+            o = _merged(model, chw, device, flip)
             s = F.interpolate(o[None], strided_size, mode="bilinear", align_corners=False)[0]
             h = F.interpolate(o[:, None], up_size, mode="bilinear", align_corners=False)[:, 0]
             strided = s if strided is None else strided + s

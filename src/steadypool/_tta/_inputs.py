@@ -99,10 +99,12 @@ def load_model(spec: str, weights: Path | None) -> Any:
         raise CamInputError(
             f"building the model {spec!r} failed: {type(exc).__name__}: {exc}"
         ) from exc
-    if not callable(getattr(model, "forward_cam", None)):
+    if not callable(getattr(model, "forward_cam", None)) and not callable(model):
         raise CamInputError(
-            f"the model from {spec!r} ({type(model).__name__}) has no forward_cam(x) method; "
-            "it must map (N, 3, h, w) to non-negative CAMs (N, C, h', w')"
+            f"the model from {spec!r} ({type(model).__name__}) has no forward_cam(x) method "
+            "and cannot be called; it must map (N, 3, h, w) to non-negative CAMs "
+            "(N, C, h', w') with forward_cam, or, like irn's CAM, take [img, flip(img)] "
+            "in forward and return the merged CAM (C, h', w')"
         )
     if weights is not None:
         try:
@@ -117,10 +119,24 @@ def load_model(spec: str, weights: Path | None) -> Any:
     return model
 
 
+def merges_flip(model: Any) -> bool:
+    """Whether the model is of irn's kind: no ``forward_cam``; its ``forward`` takes the
+    pair ``[img, flip(img)]`` and returns the merged ``cam[0] + cam[1].flip(-1)``."""
+    return not callable(getattr(model, "forward_cam", None))
+
+
 def class_count(model: Any) -> int:
-    """How many classes `model.forward_cam` produces (one tiny forward pass on the CPU)."""
+    """How many classes the model's CAMs have (one tiny forward pass on the CPU)."""
     import torch
 
     with torch.no_grad():
-        probe = model.forward_cam(torch.zeros(1, 3, 32, 32))
-    return int(probe.shape[1])
+        if not merges_flip(model):
+            return int(model.forward_cam(torch.zeros(1, 3, 32, 32)).shape[1])
+        probe = model(torch.zeros(2, 3, 32, 32))
+    if getattr(probe, "ndim", None) != 3:
+        raise CamInputError(
+            f"{type(model).__name__} has no forward_cam, so its forward must take the pair "
+            "[img, flip(img)] and return one merged CAM (C, h, w), as irn's CAM does; it "
+            f"returned shape {tuple(getattr(probe, 'shape', ()))}"
+        )
+    return int(probe.shape[0])

@@ -33,6 +33,7 @@ from ._inputs import (
     label_for,
     load_labels,
     load_model,
+    merges_flip,
     read_names,
 )
 from ._overlay import save_overlay
@@ -199,6 +200,11 @@ def run_cam(config: CamConfig) -> CamSummary:
     _check_config(config)
     model = load_model(config.model, config.weights)
     classes = class_count(model)
+    if merges_flip(model) and not config.flip:
+        raise CamInputError(
+            f"{type(model).__name__} merges [img, flip(img)] in its forward (irn's CAM "
+            "does), so it needs the flips: leave out --no-flip"
+        )
     labels = load_labels(config.labels)
     names = read_names(config.images, config.list_file)
     for stale in config.out.glob(".*.npy.*.tmp"):  # left by a killed run
