@@ -301,6 +301,32 @@ def test_names_and_labels_in_psa_and_irn_styles(tmp_path: Path) -> None:
         label_for({}, "x", 20)
 
 
+def test_list_names_keep_spaces_and_dots(labels_file: Path, tmp_path: Path) -> None:
+    """--list names are taken as written (only a known image suffix and folders are
+    dropped): 'with space' and 'two.dots.v2' are found and run, not cut to 'with' and
+    'two.dots'."""
+    images = tmp_path / "images"
+    images.mkdir()
+    chelsea = demo_images() / "chelsea.jpg"
+    for name in ("with space", "two.dots.v2", "plain"):
+        shutil.copy(chelsea, images / f"{name}.jpg")
+    listing = tmp_path / "list.txt"
+    listing.write_text("with space\ntwo.dots.v2\nJPEGImages/plain.jpg\n")
+    assert read_names(images, listing) == ["with space", "two.dots.v2", "plain"]
+    vector = _labels(labels_file)["chelsea"]
+    labels = tmp_path / "labels.npy"
+    np.save(labels, {"with space": vector, "two.dots.v2": vector, "plain": vector})  # type: ignore[arg-type]
+    summary = run_cam(
+        _config(labels, tmp_path / "out", images=images, list_file=listing, devices=("cpu",))
+    )
+    assert summary.failures == []
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.npy")) == [
+        "plain.npy",
+        "two.dots.v2.npy",
+        "with space.npy",
+    ]
+
+
 def test_demo_writes_cams_predictions_and_overlays(tmp_path: Path) -> None:
     """`steadypool demo` runs end to end on the bundled photos."""
     summary = run_demo(tmp_path, workers=2, progress=False)
@@ -418,3 +444,27 @@ def test_an_irn_style_network_that_merges_the_flip_pair_runs_unmodified(
         run_cam(
             _config(labels_file, tmp_path / "nf", model="tests._cam_models:IrnStyleCAM", flip=False)
         )
+
+
+@pytest.mark.parametrize("layout", ["plain", "state_dict", "model", "dataparallel"])
+def test_checkpoints_as_people_save_them_load(layout: str, tmp_path: Path) -> None:
+    """A state dict, one under "state_dict" or "model" (beside an epoch), and
+    DataParallel's "module." keys all load into the model."""
+    from steadypool._tta._inputs import load_model
+
+    trained = TinyCAMNet()
+    with torch.no_grad():
+        for parameter in trained.parameters():
+            parameter.add_(1.0)  # differs from the seeded weights
+    state: dict[str, Any] = dict(trained.state_dict())
+    saved: dict[str, Any] = {
+        "plain": state,
+        "state_dict": {"state_dict": state, "epoch": 3},
+        "model": {"model": state, "optimizer": {}},
+        "dataparallel": {f"module.{k}": v for k, v in state.items()},
+    }[layout]
+    path = tmp_path / "weights.pth"
+    torch.save(saved, path)
+    loaded = load_model(MODEL, path)
+    for key, value in trained.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key

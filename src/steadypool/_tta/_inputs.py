@@ -30,8 +30,7 @@ def read_names(images: Path, list_file: Path | None) -> list[str]:
             lines = list_file.read_text().splitlines()
         except OSError as exc:
             raise CamInputError(f"cannot read the image list {list_file}: {exc}") from exc
-        # psa lines: "/JPEGImages/2007_000032.jpg /SegmentationClassAug/2007_000032.png"
-        names = [Path(line.split()[0]).stem for line in lines if line.strip()]
+        names = [_list_name(line) for line in lines if line.strip()]
     elif images.is_dir():
         names = sorted(p.stem for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     else:
@@ -42,6 +41,22 @@ def read_names(images: Path, list_file: Path | None) -> list[str]:
             + ("" if list_file else f" (looked for {', '.join(IMAGE_SUFFIXES)})")
         )
     return list(dict.fromkeys(names))
+
+
+def _list_name(line: str) -> str:
+    """The image name a `--list` line stands for.
+
+    A psa line, ``/JPEGImages/2007_000032.jpg /SegmentationClassAug/2007_000032.png``,
+    names its first file; a file name or path with an image suffix is that file without
+    folder and suffix; anything else is the name as written, spaces and dots included
+    (``with space``, ``two.dots.v2``).
+    """
+    text = line.strip()
+    fields = text.split()
+    if len(fields) > 1 and all(Path(f).suffix.lower() in IMAGE_SUFFIXES for f in fields):
+        text = fields[0]
+    path = Path(text)
+    return path.stem if path.suffix.lower() in IMAGE_SUFFIXES else text
 
 
 def find_image(images: Path, name: str) -> Path:
@@ -108,7 +123,7 @@ def load_model(spec: str, weights: Path | None) -> Any:
         )
     if weights is not None:
         try:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
+            state = _state_dict(torch.load(weights, map_location="cpu", weights_only=True))
             model.load_state_dict(state)
         except Exception as exc:
             raise CamInputError(
@@ -117,6 +132,23 @@ def load_model(spec: str, weights: Path | None) -> Any:
     # Not `return model.eval()`: psa's Net overrides train() and returns None from it.
     model.eval()
     return model
+
+
+def _state_dict(checkpoint: Any) -> Any:
+    """The state dict in a checkpoint as people save them: the dict itself, or under
+    "state_dict" or "model" (with an epoch, an optimizer...), with DataParallel's
+    "module." prefixes removed."""
+    import torch
+
+    state = checkpoint
+    if isinstance(state, dict) and not all(isinstance(v, torch.Tensor) for v in state.values()):
+        for key in ("state_dict", "model"):
+            if isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    if isinstance(state, dict) and state and all(str(k).startswith("module.") for k in state):
+        state = {str(k)[len("module.") :]: v for k, v in state.items()}
+    return state
 
 
 def merges_flip(model: Any) -> bool:
