@@ -468,3 +468,9 @@ def test_checkpoints_as_people_save_them_load(layout: str, tmp_path: Path) -> No
     loaded = load_model(MODEL, path)
     for key, value in trained.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_the_demo_network_has_a_public_name(labels_file: Path, tmp_path: Path) -> None:
+    """`--model demo` names the built-in network (no private module path needed)."""
+    assert main(_cli_cam(labels_file, tmp_path, "demo")) == 0
+    assert len(list(tmp_path.glob("*.npy"))) == 4

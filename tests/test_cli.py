@@ -6,10 +6,12 @@ import subprocess
 import sys
 from typing import TYPE_CHECKING
 
+import pytest
+
 from steadypool._cli import main
 
 if TYPE_CHECKING:
-    import pytest
+    from pathlib import Path
 
 
 def test_demo_prints_a_table_and_matching_checksums(capsys: pytest.CaptureFixture[str]) -> None:
@@ -37,3 +39,26 @@ def test_diagnose_command_prints_the_environment(capsys: pytest.CaptureFixture[s
     """`steadypool diagnose` prints versions for a bug report."""
     assert main(["diagnose"]) == 0
     assert "steadypool diagnosis" in capsys.readouterr().out
+
+
+def test_no_subcommand_prints_help_and_runs_nothing(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`steadypool` alone prints the commands (exit 2) instead of running the demo into
+    the current folder."""
+    monkeypatch.chdir(tmp_path)
+    assert main([]) == 2
+    out = capsys.readouterr().out
+    assert "demo" in out
+    assert "cam" in out
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    """`steadypool --version` prints the version."""
+    import steadypool
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"steadypool {steadypool.__version__}"

@@ -123,6 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     parser = argparse.ArgumentParser(prog="steadypool", description=sp.__doc__)
+    parser.add_argument("--version", action="version", version=f"steadypool {sp.__version__}")
     commands = parser.add_subparsers(dest="command")
 
     demo = commands.add_parser(
@@ -176,8 +177,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cam(args)
     if args.command == "pool-demo":
         return _demo(args)
-    if args.command is None:
-        args = demo.parse_args([])
+    if args.command is None:  # say what there is; run nothing
+        parser.print_help()
+        return 2
     return _cam_demo(args)
 
 

@@ -15,6 +15,8 @@ import numpy as np
 
 __all__ = ["CamInputError", "find_image", "label_for", "load_labels", "load_model", "read_names"]
 
+# Names for the networks steadypool ships (`--model demo`).
+BUILTIN_MODELS = {"demo": "steadypool._tta._demo_net:TinyCAMNet"}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
@@ -96,9 +98,13 @@ def load_model(spec: str, weights: Path | None) -> Any:
     """Build the model from ``MODULE:ATTR`` (a class or factory) and load `weights`."""
     import torch
 
+    spec_given = spec
+    spec = BUILTIN_MODELS.get(spec, spec)
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
-        raise CamInputError(f"--model must be MODULE:ATTR, got {spec!r}")
+        raise CamInputError(
+            f"--model must be MODULE:ATTR or one of {sorted(BUILTIN_MODELS)}, got {spec_given!r}"
+        )
     try:
         factory = getattr(importlib.import_module(module_name), attr)
     except Exception as exc:  # ImportError, AttributeError, and whatever the module raises
