@@ -219,3 +219,23 @@ def test_a_process_pool_open_at_exit_leaves_no_files(ending: str, tmp_path: Path
     )
     assert done.returncode == 0, done.stderr
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("steadypool-")] == []
+
+
+def test_the_exit_registry_does_not_keep_pools_alive() -> None:
+    """Pools that were shut down and dropped leave the exit registry (a program making a
+    pool per image must not keep every one of them)."""
+    import gc
+
+    import steadypool as sp
+    from steadypool import _exit
+
+    def make_and_drop() -> None:
+        for _ in range(20):
+            with sp.Pool(2) as pool:
+                assert pool.submit(abs, -1).result(WAIT) == 1
+
+    gc.collect()
+    before = len(_exit._pools)
+    make_and_drop()
+    gc.collect()
+    assert len(_exit._pools) <= before

@@ -72,7 +72,9 @@ exiting = False  # set by finish_at_exit(); new work is refused from then on
 
 @dataclass(frozen=True)
 class _Entry:
-    monitor: Monitor | None
+    # Weak: the monitor refers to its backend, and a strong reference here would keep
+    # every backend (the WeakKeyDictionary's key) alive for ever.
+    monitor: weakref.ref[Monitor] | None
     name: str
     stall_timeout: float | None
 
@@ -87,8 +89,9 @@ def register(
     backend: Backend, monitor: Monitor | None, name: str, stall_timeout: float | None
 ) -> None:
     """Have `backend` finished (and `monitor` stopped) at interpreter exit."""
+    ref = None if monitor is None else weakref.ref(monitor)
     with _lock:
-        _pools[backend] = _Entry(monitor, name, stall_timeout)
+        _pools[backend] = _Entry(ref, name, stall_timeout)
 
 
 def interrupted(backend: Backend) -> None:
@@ -125,8 +128,9 @@ def finish_at_exit() -> None:
             _die_by_sigint()
     finally:
         for _backend, entry in entries:
-            if entry.monitor is not None:
-                entry.monitor.stop(wait=False)
+            monitor = None if entry.monitor is None else entry.monitor()
+            if monitor is not None:
+                monitor.stop(wait=False)
 
 
 def _wait(entries: list[tuple[Backend, _Entry]]) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import wait
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._exceptions import WorkerCrashed, add_task_note
+from ._stream import SIGNAL_SLICE
 from ._worker import current_worker
 
 if TYPE_CHECKING:
@@ -35,6 +37,20 @@ def run_chunk(
     return results, None
 
 
+def _wait_for(future: Future[Any], end: float | None) -> None:
+    """Wait until `future` is done (TimeoutError past `end`), in slices, so that Ctrl-C
+    handed by the kernel to another thread is still acted on within a slice."""
+    while True:
+        step = SIGNAL_SLICE
+        if end is not None:
+            remaining = end - time.monotonic()
+            if remaining <= 0 and not future.done():
+                raise TimeoutError("steadypool: the next map() result was not ready in time")
+            step = min(step, max(0.0, remaining))
+        if wait([future], step).done:
+            return
+
+
 def map_results(
     futures: list[Future[Any]],
     end: float | None,
@@ -60,14 +76,13 @@ def map_results(
     singles: list[Future[Any]] = []
     try:
         while futures:
-            remaining = None if end is None else end - time.monotonic()
             # Wake-up path: the task's outcome, a drop on shutdown(cancel), or the timeout.
+            _wait_for(futures[-1], end)
             if chunks is None:
-                futures[-1].result(remaining)
                 yield futures.pop().result()
                 continue
             try:
-                futures[-1].result(remaining)
+                futures[-1].result()
             except WorkerCrashed:
                 if resubmit is None:
                     raise

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import CancelledError
-from queue import SimpleQueue
+from queue import Empty, SimpleQueue
 from typing import TYPE_CHECKING, Any
 
 from ._exceptions import BrokenPool, PoolClosed, StallError, add_task_note
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
     from ._backends._base import Outcome, Task
 
-__all__ = ["StreamOwner", "run_stream"]
+__all__ = ["SIGNAL_SLICE", "StreamOwner", "run_stream"]
 
 
 class StreamOwner:
@@ -64,6 +64,9 @@ class StreamOwner:
     def wanted(self, key: Any) -> bool:
         return not self.cancelled
 
+
+# Seconds a consumer blocks at most before it looks at pending signals (Ctrl-C).
+SIGNAL_SLICE = 0.25
 
 # Failures of the pool rather than of a task: raised whatever on_error says.
 _FATAL = (BrokenPool, StallError, CancelledError)
@@ -131,7 +134,12 @@ def run_stream(
                 outcome = window.pop()
                 while outcome is None:
                     # Wake-up path: every submitted task's outcome (see module docstring).
-                    arrived = get()
+                    # In slices: Ctrl-C that the kernel handed to another thread is
+                    # acted on only when this thread runs Python code again.
+                    try:
+                        arrived = get(True, SIGNAL_SLICE)
+                    except Empty:
+                        continue
                     window.add(arrived[0], arrived)
                     outcome = window.pop()
                 key, ok, value, worker = outcome

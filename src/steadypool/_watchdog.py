@@ -25,7 +25,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, final
 
-from ._worker import describe
+from ._worker import describe, leave_signals_to_the_main_thread
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -299,6 +299,7 @@ class Monitor:
             self._thread.join(5.0)
 
     def _run(self) -> None:
+        leave_signals_to_the_main_thread()
         tick = self._watchdog.tick
         # Wake-up path: the tick, or stop() setting the event.
         while not self._stop.wait(tick):

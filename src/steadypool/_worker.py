@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, final
 
-__all__ = ["Worker", "bind", "current_worker", "describe"]
+__all__ = ["Worker", "bind", "current_worker", "describe", "leave_signals_to_the_main_thread"]
 
 
 @final
@@ -64,6 +64,20 @@ def current_worker() -> Worker:
             "call it from inside the function you pass to Pool.submit/map/imap or setup"
         )
     return worker
+
+
+def leave_signals_to_the_main_thread() -> None:
+    """Block SIGINT and SIGTERM in the calling thread (a pool's own threads only).
+
+    The kernel hands a process-directed signal to any thread that does not block it.
+    If a pool thread takes SIGINT, the main thread, blocked waiting for a result, is not
+    interrupted and sees Ctrl-C only when the next result arrives, possibly never.
+    With our threads blocking them, Ctrl-C reaches a thread that acts on it at once.
+    """
+    import signal
+
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
 def describe(index: int, device: str | None) -> str:

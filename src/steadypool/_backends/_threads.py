@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 from .._devices import activate
 from .._exceptions import BrokenPool, PoolClosed
 from .._stats import WorkerStats, count_failure, per_worker
-from .._worker import Worker, bind, describe
+from .._worker import Worker, bind, describe, leave_signals_to_the_main_thread
 from ._base import SETUP, Backend, Busy, give_up_on_setup
 
 if TYPE_CHECKING:
@@ -199,6 +199,7 @@ class ThreadBackend(Backend):
 
     def _run(self, slot: _Slot) -> None:
         """Body of one worker thread: setup, then tasks until a stop sentinel."""
+        leave_signals_to_the_main_thread()
         worker = slot.worker
         bind(worker)
         try:
