@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from concurrent.futures import wait
+from concurrent.futures import CancelledError
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._exceptions import WorkerCrashed, add_task_note
@@ -40,15 +41,15 @@ def run_chunk(
 def _wait_for(future: Future[Any], end: float | None) -> None:
     """Wait until `future` is done (TimeoutError past `end`), in slices, so that Ctrl-C
     handed by the kernel to another thread is still acted on within a slice."""
-    while True:
+    while not future.done():
         step = SIGNAL_SLICE
         if end is not None:
             remaining = end - time.monotonic()
-            if remaining <= 0 and not future.done():
+            if remaining <= 0:
                 raise TimeoutError("steadypool: the next map() result was not ready in time")
-            step = min(step, max(0.0, remaining))
-        if wait([future], step).done:
-            return
+            step = min(step, remaining)
+        with contextlib.suppress(TimeoutError, CancelledError):
+            future.exception(step)  # returns once done; the caller reads the outcome
 
 
 def map_results(
