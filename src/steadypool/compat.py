@@ -8,6 +8,7 @@ new 15-thread pool per call (which the seed never joined).  Uses only the public
 from __future__ import annotations
 
 import atexit
+import contextlib
 import threading
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -144,6 +145,10 @@ class BatchThreader:
                 position, future = self._in_flight[index]
                 try:
                     # Wake-up path: the task finishes (the shared pool runs until exit).
+                    # In slices, so Ctrl-C taken by another thread is still seen here.
+                    while not future.done():
+                        with contextlib.suppress(TimeoutError):
+                            future.exception(0.25)
                     results.append(future.result())
                 except BaseException as exc:
                     del self._in_flight[index]
