@@ -47,6 +47,7 @@ __all__ = [
     "Run",
     "Task",
     "give_up_on_setup",
+    "setup_busy",
     "take_runnable",
 ]
 
@@ -130,6 +131,13 @@ class _SetupOwner:
 
 
 SETUP = _SetupOwner()
+
+
+def setup_busy(
+    token: int, worker: Worker, started: float, where: str, handle: Any, *, timed: bool = True
+) -> Busy:
+    """The `Busy` snapshot of a worker running ``setup(worker)``."""
+    return Busy(token, worker, None, SETUP, started, where, handle, timed)
 
 
 def give_up_on_setup(

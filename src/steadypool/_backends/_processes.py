@@ -52,7 +52,16 @@ from .._devices import child_view
 from .._exceptions import BrokenPool, PoolClosed, WorkerCrashed
 from .._stats import WorkerStats, count_failure, per_worker
 from .._worker import Worker, describe
-from ._base import SETUP, Backend, Busy, FunctionCache, Run, give_up_on_setup, take_runnable
+from ._base import (
+    SETUP,
+    Backend,
+    Busy,
+    FunctionCache,
+    Run,
+    give_up_on_setup,
+    setup_busy,
+    take_runnable,
+)
 from ._child import FN_CACHE, child_main
 
 if TYPE_CHECKING:
@@ -265,9 +274,7 @@ class ProcessBackend(Backend):
             started = child.setup_started
             if started is not None and not child.doomed:
                 where = f"pid {child.pid}"
-                found.append(
-                    Busy(id(child), child.worker, None, SETUP, started, where, (child, SETUP))
-                )
+                found.append(setup_busy(id(child), child.worker, started, where, (child, SETUP)))
                 continue
             run = child.running
             if run is None or child.doomed:

@@ -43,7 +43,16 @@ from .._devices import activate
 from .._exceptions import BrokenPool, PoolClosed, WorkerCrashed
 from .._stats import WorkerStats, count_failure, per_worker
 from .._worker import Worker, bind, describe
-from ._base import SETUP, Backend, Busy, FunctionCache, Run, give_up_on_setup, take_runnable
+from ._base import (
+    SETUP,
+    Backend,
+    Busy,
+    FunctionCache,
+    Run,
+    give_up_on_setup,
+    setup_busy,
+    take_runnable,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -499,15 +508,8 @@ class RayBackend(Backend):
             started = slot.setup_started
             if started is not None:
                 found.append(
-                    Busy(
-                        id(slot),
-                        slot.worker,
-                        None,
-                        SETUP,
-                        started,
-                        slot.where,
-                        (slot, SETUP),
-                        timed=slot.begun,
+                    setup_busy(
+                        id(slot), slot.worker, started, slot.where, (slot, SETUP), timed=slot.begun
                     )
                 )
                 continue

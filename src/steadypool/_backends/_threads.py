@@ -47,7 +47,7 @@ from .._devices import activate
 from .._exceptions import BrokenPool, PoolClosed
 from .._stats import WorkerStats, count_failure, per_worker
 from .._worker import Worker, bind, describe, leave_signals_to_the_main_thread
-from ._base import SETUP, Backend, Busy, give_up_on_setup
+from ._base import Backend, Busy, give_up_on_setup, setup_busy
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -303,14 +303,8 @@ class ThreadBackend(Backend):
             setup_started = slot.setup_started
             if setup_started is not None and slot.thread is not None and not slot.abandoned:
                 found.append(
-                    Busy(
-                        id(slot),
-                        slot.worker,
-                        None,
-                        SETUP,
-                        setup_started,
-                        slot.thread.name,
-                        (slot, _SETUP_CLAIM),
+                    setup_busy(
+                        id(slot), slot.worker, setup_started, slot.thread.name, (slot, _SETUP_CLAIM)
                     )
                 )
                 continue
