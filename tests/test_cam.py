@@ -63,6 +63,43 @@ def _config(labels: Path, out: Path, **overrides: Any) -> CamConfig:
     return CamConfig(**options)
 
 
+def assert_match_reference(
+    fmt: str, out: Path, labels_file: Path, *, pred_dir: Path | None = None
+) -> None:
+    """Every file in `out` equals the independent psa / irn computation (TinyCAMNet's
+    weights, tolerance 1e-4) and has the format's own types; so do the predictions."""
+    model = TinyCAMNet().eval()
+    for name, label in _labels(labels_file).items():
+        got = np.load(out / f"{name}.npy", allow_pickle=True).item()
+        path = str(demo_images() / f"{name}.jpg")
+        if fmt == "psa":
+            want = reference.psa(model, path, label, list(SCALES), flip=True)
+            assert sorted(got) == sorted(want)
+            for key in want:
+                assert got[key].dtype == np.float32
+                np.testing.assert_allclose(got[key], want[key], atol=TOL, rtol=0)
+            if pred_dir is not None:
+                keys = np.array(sorted(want))
+                maps = np.stack([want[k] for k in keys])
+                pred = np.asarray(__import__("PIL.Image").Image.open(pred_dir / f"{name}.png"))
+                assert (pred == predict(keys, maps, maps.shape[1:], 0.2)).mean() > 0.999
+        else:
+            want_irn = reference.irn(model, path, label, list(SCALES))
+            assert set(got) == {"keys", "cam", "high_res"}
+            # irn's own types, which its next steps (make_sem_seg_labels.py) rely on
+            assert isinstance(got["keys"], torch.Tensor)
+            assert got["keys"].dtype == torch.int64
+            assert isinstance(got["cam"], torch.Tensor)
+            assert (got["cam"].dtype, got["cam"].device.type) == (torch.float32, "cpu")
+            assert isinstance(got["high_res"], np.ndarray)
+            assert got["high_res"].dtype == np.float32
+            assert torch.equal(got["keys"], want_irn["keys"])
+            for part in ("cam", "high_res"):
+                np.testing.assert_allclose(
+                    np.asarray(got[part]), np.asarray(want_irn[part]), atol=TOL, rtol=0
+                )
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("devices", [("cpu",), ("cpu", "cpu")])
 @pytest.mark.parametrize("fmt", ["psa", "irn"])
@@ -90,35 +127,7 @@ def test_outputs_match_an_independent_implementation(
     )
     assert summary.failures == []
     assert summary.done == 4
-    model = TinyCAMNet().eval()
-    for name, label in _labels(labels_file).items():
-        got = np.load(tmp_path / "out" / f"{name}.npy", allow_pickle=True).item()
-        path = str(demo_images() / f"{name}.jpg")
-        if fmt == "psa":
-            want = reference.psa(model, path, label, list(SCALES), flip=True)
-            assert sorted(got) == sorted(want)
-            for key in want:
-                assert got[key].dtype == np.float32
-                np.testing.assert_allclose(got[key], want[key], atol=TOL, rtol=0)
-            keys = np.array(sorted(want))
-            maps = np.stack([want[k] for k in keys])
-            pred = np.asarray(__import__("PIL.Image").Image.open(tmp_path / "pred" / f"{name}.png"))
-            assert (pred == predict(keys, maps, maps.shape[1:], 0.2)).mean() > 0.999
-        else:
-            want_irn = reference.irn(model, path, label, list(SCALES))
-            assert set(got) == {"keys", "cam", "high_res"}
-            # irn's own types, which its next steps (make_sem_seg_labels.py) rely on
-            assert isinstance(got["keys"], torch.Tensor)
-            assert got["keys"].dtype == torch.int64
-            assert isinstance(got["cam"], torch.Tensor)
-            assert (got["cam"].dtype, got["cam"].device.type) == (torch.float32, "cpu")
-            assert isinstance(got["high_res"], np.ndarray)
-            assert got["high_res"].dtype == np.float32
-            assert torch.equal(got["keys"], want_irn["keys"])
-            for part in ("cam", "high_res"):
-                np.testing.assert_allclose(
-                    np.asarray(got[part]), np.asarray(want_irn[part]), atol=TOL, rtol=0
-                )
+    assert_match_reference(fmt, tmp_path / "out", labels_file, pred_dir=tmp_path / "pred")
 
 
 def test_no_flip_and_other_scales(labels_file: Path, tmp_path: Path) -> None:
@@ -426,20 +435,7 @@ def test_an_irn_style_network_that_merges_the_flip_pair_runs_unmodified(
     )
     assert summary.failures == []
     assert summary.done == 4
-    model = TinyCAMNet().eval()
-    for name, label in _labels(labels_file).items():
-        got = np.load(tmp_path / "out" / f"{name}.npy", allow_pickle=True).item()
-        path = str(demo_images() / f"{name}.jpg")
-        if fmt == "psa":
-            want = reference.psa(model, path, label, list(SCALES), flip=True)
-            for key in want:
-                np.testing.assert_allclose(got[key], want[key], atol=TOL, rtol=0)
-        else:
-            want_irn = reference.irn(model, path, label, list(SCALES))
-            for part in ("cam", "high_res"):
-                np.testing.assert_allclose(
-                    np.asarray(got[part]), np.asarray(want_irn[part]), atol=TOL, rtol=0
-                )
+    assert_match_reference(fmt, tmp_path / "out", labels_file)
     with pytest.raises(CamInputError, match="leave out --no-flip"):
         run_cam(
             _config(labels_file, tmp_path / "nf", model="tests._cam_models:IrnStyleCAM", flip=False)

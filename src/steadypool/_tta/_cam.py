@@ -22,6 +22,7 @@ __all__ = [
     "IMAGENET_STD",
     "infer_irn",
     "infer_psa",
+    "merges_flip",
     "normalize",
     "predict",
     "prepare_irn",
@@ -82,12 +83,18 @@ def _batch(chw: np.ndarray, device: Any, flip: bool) -> Any:
     return torch.cat([x, x.flip(-1)]) if flip else x
 
 
+def merges_flip(model: Any) -> bool:
+    """Whether the model is of irn's kind: no ``forward_cam``; its ``forward`` takes the
+    pair ``[img, flip(img)]`` and returns the merged ``cam[0] + cam[1].flip(-1)``."""
+    return not callable(getattr(model, "forward_cam", None))
+
+
 def _merged(model: Any, chw: np.ndarray, device: Any, flip: bool) -> Any:
     """One scale's CAM with its flip merged in, ``cam[0] + cam[1].flip(-1)`` (C, h, w):
     from ``forward_cam``, or from the forward of a model that merges the pair itself
     (irn's CAM; `_inputs.merges_flip`)."""
     batch = _batch(chw, device, flip)
-    if not callable(getattr(model, "forward_cam", None)):
+    if merges_flip(model):
         return model(batch)
     cams = model.forward_cam(batch)
     return cams[0] + cams[1].flip(-1) if flip else cams[0]
@@ -113,7 +120,7 @@ def infer_psa(
         weights = torch.from_numpy(np.asarray(label, dtype=np.float32)).to(device).view(-1, 1, 1)
         total = None
         for chw in scaled:
-            if not callable(getattr(model, "forward_cam", None)):  # merges the pair itself
+            if merges_flip(model):
                 o = _merged(model, chw, device, flip)[None]
                 variant = F.interpolate(o, size, mode="bilinear", align_corners=False)[0] * weights
                 total = variant if total is None else total + variant

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from ._cam import merges_flip
+
 __all__ = ["CamInputError", "find_image", "label_for", "load_labels", "load_model", "read_names"]
 
 # Names for the networks steadypool ships (`--model demo`).
@@ -120,7 +122,7 @@ def load_model(spec: str, weights: Path | None) -> Any:
         raise CamInputError(
             f"building the model {spec!r} failed: {type(exc).__name__}: {exc}"
         ) from exc
-    if not callable(getattr(model, "forward_cam", None)) and not callable(model):
+    if merges_flip(model) and not callable(model):
         raise CamInputError(
             f"the model from {spec!r} ({type(model).__name__}) has no forward_cam(x) method "
             "and cannot be called; it must map (N, 3, h, w) to non-negative CAMs "
@@ -155,12 +157,6 @@ def _state_dict(checkpoint: Any) -> Any:
     if isinstance(state, dict) and state and all(str(k).startswith("module.") for k in state):
         state = {str(k)[len("module.") :]: v for k, v in state.items()}
     return state
-
-
-def merges_flip(model: Any) -> bool:
-    """Whether the model is of irn's kind: no ``forward_cam``; its ``forward`` takes the
-    pair ``[img, flip(img)]`` and returns the merged ``cam[0] + cam[1].flip(-1)``."""
-    return not callable(getattr(model, "forward_cam", None))
 
 
 def class_count(model: Any) -> int:

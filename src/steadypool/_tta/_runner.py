@@ -26,6 +26,7 @@ import numpy as np
 import steadypool as sp
 
 from . import _cam
+from ._cam import merges_flip
 from ._inputs import (
     CamInputError,
     class_count,
@@ -33,7 +34,6 @@ from ._inputs import (
     label_for,
     load_labels,
     load_model,
-    merges_flip,
     read_names,
 )
 from ._overlay import save_overlay
