@@ -11,7 +11,7 @@ Same model, same images, one run; images/s and ratios; per-device busy fraction.
                 main thread.
   irn pattern   irn's make_cam.py: one process per device over a static interleaved
                 split of the names; each prepares, runs and saves its share.
-  steadypool    `run_cam` (psa and irn formats) with threads, and with processes.
+  steadypool    `steadypool.cam.run` (psa and irn formats) with threads, and with processes.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ from _seed import load_seed_class
 from steadypool._tta import _cam
 from steadypool._tta._demo import DEMO_LABELS, demo_images
 from steadypool._tta._demo_net import TinyCAMNet
-from steadypool._tta._runner import CamConfig, run_cam
+from steadypool.cam import CamConfig
+from steadypool.cam import run as run_cam
 
 HERE = Path(__file__).resolve().parent
 SCALES = (1.0, 0.5, 1.5, 2.0)

@@ -23,8 +23,9 @@ from steadypool._cli import main
 from steadypool._tta._cam import predict
 from steadypool._tta._demo import DEMO_LABELS, demo_images, run_demo
 from steadypool._tta._demo_net import TinyCAMNet
-from steadypool._tta._inputs import CamInputError, label_for, read_names
-from steadypool._tta._runner import CamConfig, run_cam
+from steadypool._tta._inputs import label_for, read_names
+from steadypool.cam import CamConfig, CamInputError
+from steadypool.cam import run as run_cam
 
 from . import _reference_cam as reference
 from .conftest import BACKENDS
@@ -158,7 +159,7 @@ def test_resume_skips_finished_images(labels_file: Path, tmp_path: Path) -> None
 KILLABLE = """
 import sys
 from pathlib import Path
-from steadypool._tta._runner import CamConfig, run_cam
+from steadypool.cam import CamConfig, run as run_cam
 from steadypool._tta._demo import demo_images
 run_cam(CamConfig(images=Path(sys.argv[1]), labels=Path(sys.argv[2]),
                   model="tests._cam_models:SlowNet", out=Path(sys.argv[3]), progress=False))

@@ -8,11 +8,13 @@ import sys
 import time
 import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 import steadypool as sp
+
+from .cam import CamInputError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -73,19 +75,50 @@ def _digest(checksums: list[int]) -> int:
     return zlib.crc32(np.asarray(checksums, dtype=np.uint32).tobytes())
 
 
-def _cam(args: argparse.Namespace) -> int:
-    from ._tta._inputs import CamInputError
-    from ._tta._runner import CamConfig, run_cam
+CAM_EXTRA = "pip install 'steadypool[cam]' (torch and Pillow)"
 
-    scales = tuple(float(x) for part in args.scales for x in part.split(",") if x)
+
+def _scales(parts: Sequence[str]) -> tuple[float, ...]:
+    scales = []
+    for text in (x.strip() for part in parts for x in part.split(",")):
+        if not text:
+            continue
+        try:
+            scales.append(float(text))
+        except ValueError:
+            raise CamInputError(f"--scales: {text!r} is not a number") from None
+    return tuple(scales)
+
+
+def _model_args(pairs: Sequence[str]) -> dict[str, Any]:
+    """``NAME=VALUE`` pairs; a VALUE that is a Python literal (``21``, ``0.5``, ``True``,
+    ``(1, 2)``, ``'x'``) is that value, anything else is the string as written."""
+    import ast
+
+    args: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep or not name.strip().isidentifier():
+            raise CamInputError(f"--model-arg must be NAME=VALUE, got {pair!r}")
+        try:
+            args[name.strip()] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            args[name.strip()] = text
+    return args
+
+
+def _cam(args: argparse.Namespace) -> int:
+    from .cam import CamConfig, run
+
     config = CamConfig(
         images=args.images,
         labels=args.labels,
         model=args.model,
+        model_args=_model_args(args.model_arg),
         out=args.out,
         list_file=args.list,
         weights=args.weights,
-        scales=scales,
+        scales=_scales(args.scales),
         flip=not args.no_flip,
         format=args.format,
         devices=tuple(d.strip() for d in args.devices.split(",") if d.strip()),
@@ -95,25 +128,35 @@ def _cam(args: argparse.Namespace) -> int:
         bg=args.bg,
         overlay_dir=args.overlay_dir,
         resume=not args.no_resume,
+        cpu_workers=args.cpu_workers,
         progress=not args.quiet,
     )
-    try:
-        summary = run_cam(config)
-    except (CamInputError, ValueError, TypeError) as exc:
-        print(f"steadypool cam: error: {exc}", file=sys.stderr)
-        return 2
+    summary = run(config)
     print(summary)
     return 1 if summary.failures else 0
 
 
 def _cam_demo(args: argparse.Namespace) -> int:
-    from ._tta._demo import run_demo
+    from .cam import demo
 
     out = args.out.resolve()
-    summary = run_demo(out, workers=args.workers, progress=not args.quiet)
+    print(f"steadypool demo: CAMs of the bundled photos, into {out}", flush=True)
+    summary = demo(out, workers=args.workers, progress=not args.quiet)
     print(summary)
     print(f"outputs: {out / 'cams'} (psa .npy), {out / 'pred'} (PNG), {out / 'overlay'} (PNG)")
     return 1 if summary.failures else 0
+
+
+def _diagnose(args: argparse.Namespace) -> int:
+    report = None
+    if args.report is not None:
+        try:
+            report = sys.stdin.read() if args.report == "-" else Path(args.report).read_text()
+        except OSError as exc:
+            print(f"steadypool diagnose: error: cannot read {args.report}: {exc}", file=sys.stderr)
+            return 2
+    print(sp.diagnose(report.rstrip() if report is not None else None))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -122,12 +165,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     # steadypool` (an installed console script does not put the folder on sys.path).
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # say what there is; run nothing
+        parser.print_help()
+        return 2
+    if args.command == "diagnose":
+        return _diagnose(args)
+    if args.command == "pool-demo":
+        return _demo(args)
+    try:
+        return _cam(args) if args.command == "cam" else _cam_demo(args)
+    except CamInputError as exc:
+        print(f"steadypool {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except ImportError as exc:
+        if exc.name not in ("torch", "PIL"):
+            raise
+        print(
+            f"steadypool {args.command}: error: needs {exc.name}, which is not installed: "
+            f"{CAM_EXTRA}",
+            file=sys.stderr,
+        )
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="steadypool", description=sp.__doc__)
     parser.add_argument("--version", action="version", version=f"steadypool {sp.__version__}")
-    commands = parser.add_subparsers(dest="command")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     demo = commands.add_parser(
-        "demo", help="run the CAM runner on bundled photos with a built-in network (CPU)"
+        "demo",
+        help="run the CAM runner on bundled photos with a built-in network (CPU)",
+        description="CAMs of the bundled photos with the built-in network (--model demo), "
+        "on CPU device workers: psa .npy files in OUT/cams, prediction PNGs in OUT/pred, "
+        "photo + heat-map PNGs in OUT/overlay.  Needs the cam extra.",
     )
     demo.add_argument(
         "--out",
@@ -135,15 +208,50 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=Path("steadypool-demo"),
         help="output folder (default: ./steadypool-demo)",
     )
-    demo.add_argument("--workers", type=int, default=2, help="CPU device workers")
+    demo.add_argument("--workers", type=int, default=2, help="CPU device workers (default 2)")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    cam = commands.add_parser("cam", help="multi-scale x flip CAM inference (psa / irn files)")
+    cam = commands.add_parser(
+        "cam",
+        help="multi-scale x flip CAM inference (psa / irn files)",
+        description="Multi-scale x flip CAM inference over a folder of images on N devices, "
+        "writing psa's or irn's .npy files.  Resumable: a rerun does what is not finished.  "
+        "Exit code 0: all done; 1: some images failed (listed); 2: the run was refused "
+        "before any work.",
+    )
     cam.add_argument("--images", type=Path, required=True, help="folder of images")
-    cam.add_argument("--list", type=Path, help="image names, one per line (psa lines work)")
-    cam.add_argument("--labels", type=Path, required=True, help="np.save'd {name: C floats}")
-    cam.add_argument("--model", required=True, help="MODULE:ATTR, a class or factory")
-    cam.add_argument("--weights", type=Path, help="a state dict for the model")
+    cam.add_argument(
+        "--list",
+        type=Path,
+        help="image names, one per line (psa's train.txt lines work); default: every "
+        "image in --images",
+    )
+    cam.add_argument(
+        "--labels",
+        type=Path,
+        required=True,
+        help="np.save'd {name: C floats} (psa's cls_labels.npy; irn's integer keys work)",
+    )
+    cam.add_argument(
+        "--model",
+        required=True,
+        help="MODULE:ATTR, a class or factory of the network (found from the current "
+        "folder), or 'demo' for the built-in network",
+    )
+    cam.add_argument(
+        "--model-arg",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a keyword argument for the model's constructor; repeat for more (VALUE is a "
+        "Python literal or a string)",
+    )
+    cam.add_argument(
+        "--weights",
+        type=Path,
+        help="checkpoint: a state dict, or one under 'state_dict' / 'model'; DataParallel's "
+        "'module.' prefixes are removed",
+    )
     cam.add_argument(
         "--scales",
         nargs="+",
@@ -151,36 +259,67 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="scales, space or comma separated (default 1.0,0.5,1.5,2.0)",
     )
     cam.add_argument("--no-flip", action="store_true", help="no horizontal flips")
-    cam.add_argument("--format", choices=("psa", "irn"), default="psa")
-    cam.add_argument("--devices", default="cpu", help="comma separated, e.g. cuda:0,cuda:1")
-    cam.add_argument("--backend", choices=("threads", "processes", "ray"), default="threads")
-    cam.add_argument("--address", help="Ray cluster address (--backend ray; default: local)")
+    cam.add_argument(
+        "--format",
+        choices=("psa", "irn"),
+        default="psa",
+        help="psa: {class: HxW map} per image (infer_cls.py); irn: {'keys', 'cam', "
+        "'high_res'} (make_cam.py), readable by irn's next steps (default psa)",
+    )
+    cam.add_argument(
+        "--devices",
+        default="cpu",
+        help="one device worker per entry, comma separated, e.g. cuda:0,cuda:1 or cpu,cpu "
+        "(default cpu)",
+    )
+    cam.add_argument(
+        "--backend",
+        choices=("threads", "processes", "ray"),
+        default="threads",
+        help="where device workers run (default threads)",
+    )
+    cam.add_argument(
+        "--address", help="Ray cluster address, e.g. auto (--backend ray; default: local)"
+    )
+    cam.add_argument(
+        "--cpu-workers",
+        type=int,
+        help="threads that decode, resize and save (default: CPUs, between 2 and 8)",
+    )
     cam.add_argument("--out", type=Path, required=True, help="output folder for .npy files")
     cam.add_argument("--pred-dir", type=Path, help="also write psa-style prediction PNGs")
-    cam.add_argument("--bg", type=float, default=0.2, help="background score for --pred-dir")
+    cam.add_argument(
+        "--bg", type=float, default=0.2, help="background score for --pred-dir (default 0.2)"
+    )
     cam.add_argument("--overlay-dir", type=Path, help="also write photo + heat-map PNGs")
-    cam.add_argument("--no-resume", action="store_true", help="redo images already done")
+    cam.add_argument(
+        "--no-resume", action="store_true", help="redo images already done (default: skip them)"
+    )
     cam.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    pool_demo = commands.add_parser("pool-demo", help="the pool alone on synthetic work")
+    pool_demo = commands.add_parser(
+        "pool-demo",
+        help="the pool alone on synthetic work",
+        description="Synthetic FFT work on 1 worker, then on N, with checksums compared.",
+    )
     pool_demo.add_argument("--items", type=int, default=600, help="items to process")
     pool_demo.add_argument("--workers", type=int, default=2, help="worker threads")
     pool_demo.add_argument("--batch-size", type=int, default=16, help="results per batch")
     pool_demo.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    commands.add_parser("diagnose", help="print versions and machine facts for a bug report")
-    args = parser.parse_args(argv)
-    if args.command == "diagnose":
-        print(sp.diagnose())
-        return 0
-    if args.command == "cam":
-        return _cam(args)
-    if args.command == "pool-demo":
-        return _demo(args)
-    if args.command is None:  # say what there is; run nothing
-        parser.print_help()
-        return 2
-    return _cam_demo(args)
+    diagnose = commands.add_parser(
+        "diagnose",
+        help="print versions and machine facts for a bug report, with a stall report",
+        description="Print what a bug report needs: versions, machine, steadypool threads; "
+        "with REPORT, the stall report or error text (as logged) after them.",
+    )
+    diagnose.add_argument(
+        "report",
+        nargs="?",
+        metavar="REPORT",
+        help="a file holding a stall report (e.g. the logged WARNING), or - for stdin",
+    )
+    return parser
 
 
 if __name__ == "__main__":

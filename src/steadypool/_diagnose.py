@@ -36,13 +36,14 @@ def _torch_line() -> str:
     return f"torch {version}, CUDA {torch.version.cuda}, {len(names)} devices: " + ", ".join(names)
 
 
-def diagnose(report: StallReport | BaseException | None = None) -> str:
+def diagnose(report: StallReport | BaseException | str | None = None) -> str:
     """Return the text to paste into a bug report: versions, machine, and the report.
 
     Args:
         report: A `StallReport` (from ``on_stall=callable`` or `StallError.report`), a
-            `StallError` or `TaskTimeout` (its report or stack is included), or None
-            for the environment alone.
+            `StallError` or `TaskTimeout` (its report or stack is included), a report
+            as text (as logged; ``steadypool diagnose FILE``), or None for the
+            environment alone.
 
     Never imports torch: CUDA devices are listed only if torch is already imported.
     """

@@ -80,7 +80,13 @@ def _connect(address: str | None) -> Any:
         if not ray.is_initialized():
             address = address or os.environ.get("RAY_ADDRESS")
             if address:
-                ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
+                try:
+                    ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
+                except ConnectionError as exc:
+                    raise ConnectionError(
+                        f"no Ray cluster at address {address!r}: {exc} (start one with "
+                        "`ray start --head`, or give no address for a local Ray instance)"
+                    ) from exc
             else:
                 ray.init(
                     num_cpus=os.cpu_count(),

@@ -133,6 +133,7 @@ def infer_psa(
         assert total is not None, "no scales"
         keys = np.flatnonzero(np.asarray(label) > EPS)
         kept = total[torch.from_numpy(keys).to(device)]
+        _check_cams(kept)
         peak = kept.flatten(1).max(1).values.view(-1, 1, 1) if len(keys) else kept
         maps = (kept / (peak + EPS)).cpu().numpy()
     return keys.astype(np.int64), maps
@@ -173,6 +174,7 @@ def infer_irn(
         index = torch.from_numpy(keys).to(device)
         strided = strided[index]
         high = high[index][:, :height, :width]
+        _check_cams(strided, high)
         if len(keys):
             strided = strided / (F.adaptive_max_pool2d(strided, (1, 1)) + EPS)
             high = high / (F.adaptive_max_pool2d(high, (1, 1)) + EPS)
@@ -181,6 +183,25 @@ def infer_irn(
             "cam": strided.cpu(),
             "high_res": high.cpu().numpy(),
         }
+
+
+def _check_cams(*cams: Any) -> None:
+    """Refuse CAMs that are not finite and non-negative (psa's and irn's networks end in
+    a ReLU): divided by their maximum they would look like valid maps (a negative map
+    becomes values above 1), so they fail the image with the reason instead."""
+    import torch
+
+    flags = torch.stack(
+        [f for c in cams for f in (~torch.isfinite(c).all(), (c < 0).any())]
+    ).tolist()
+    if any(flags[0::2]):
+        raise ValueError("the network's CAM has NaN or infinite values for this image")
+    if any(flags[1::2]):
+        low = min(float(c.min()) for c in cams)
+        raise ValueError(
+            f"the network's CAM has negative values for this image (down to {low:.3g}); "
+            "CAMs must be non-negative, as after the ReLU of psa's and irn's networks"
+        )
 
 
 def predict(keys: Any, maps: np.ndarray, size: tuple[int, int], bg: float) -> np.ndarray:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._runner import CamConfig, CamSummary, run_cam
+from ._inputs import CamInputError
+from ._runner import CamConfig, CamSummary, run
 
 __all__ = ["DEMO_LABELS", "demo_images", "run_demo"]
 
@@ -26,7 +27,10 @@ def demo_images() -> Path:
 
 
 def run_demo(out: Path, *, workers: int = 2, progress: bool = True) -> CamSummary:
-    """Write labels for the bundled photos and run `steadypool cam` on them."""
+    """Write labels for the bundled photos and run `steadypool cam` on them with
+    `workers` CPU device workers; outputs go to `out`/cams, /pred and /overlay."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise CamInputError(f"--workers must be at least 1, got {workers}")
     out.mkdir(parents=True, exist_ok=True)
     labels = {}
     for name, classes in DEMO_LABELS.items():
@@ -37,7 +41,7 @@ def run_demo(out: Path, *, workers: int = 2, progress: bool = True) -> CamSummar
     config = CamConfig(
         images=demo_images(),
         labels=out / "labels.npy",
-        model="steadypool._tta._demo_net:TinyCAMNet",
+        model="demo",
         out=out / "cams",
         pred_dir=out / "pred",
         overlay_dir=out / "overlay",
@@ -45,4 +49,4 @@ def run_demo(out: Path, *, workers: int = 2, progress: bool = True) -> CamSummar
         resume=False,
         progress=progress,
     )
-    return run_cam(config)
+    return run(config)

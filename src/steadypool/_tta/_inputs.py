@@ -9,13 +9,25 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ._cam import merges_flip
 
-__all__ = ["CamInputError", "find_image", "label_for", "load_labels", "load_model", "read_names"]
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+__all__ = [
+    "CamInputError",
+    "check_label_lengths",
+    "class_count",
+    "find_image",
+    "label_for",
+    "load_labels",
+    "load_model",
+    "read_names",
+]
 
 # Names for the networks steadypool ships (`--model demo`).
 BUILTIN_MODELS = {"demo": "steadypool._tta._demo_net:TinyCAMNet"}
@@ -29,16 +41,16 @@ class CamInputError(ValueError):
 def read_names(images: Path, list_file: Path | None) -> list[str]:
     """Image names from `list_file` (bare names or psa lines), else every image in the
     directory, sorted."""
+    if not images.is_dir():
+        raise CamInputError(f"--images {images} is not a directory")
     if list_file is not None:
         try:
             lines = list_file.read_text().splitlines()
         except OSError as exc:
             raise CamInputError(f"cannot read the image list {list_file}: {exc}") from exc
         names = [_list_name(line) for line in lines if line.strip()]
-    elif images.is_dir():
-        names = sorted(p.stem for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     else:
-        raise CamInputError(f"--images {images} is not a directory")
+        names = sorted(p.stem for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not names:
         raise CamInputError(
             f"no images to process: {list_file or images} lists none"
@@ -75,19 +87,26 @@ def find_image(images: Path, name: str) -> Path:
 def load_labels(path: Path) -> dict[Any, Any]:
     """A pickled dict ``{name: C floats}`` as ``np.save`` writes it (psa and irn)."""
     try:
-        labels = np.load(path, allow_pickle=True).item()
+        loaded = np.load(path, allow_pickle=True)
     except Exception as exc:
         raise CamInputError(f"cannot read labels from {path}: {exc}") from exc
+    labels = loaded.item() if isinstance(loaded, np.ndarray) and loaded.shape == () else loaded
     if not isinstance(labels, dict) or not labels:
-        raise CamInputError(f"{path} holds no {{name: label vector}} dict")
+        what = (
+            f"a {labels.dtype} array of shape {labels.shape}"
+            if isinstance(labels, np.ndarray)
+            else ("an empty dict" if isinstance(labels, dict) else type(labels).__name__)
+        )
+        raise CamInputError(
+            f"{path} holds {what}, not the {{image name: label vector}} dict psa and irn "
+            "save (np.save(path, {'2007_000032': vector, ...}))"
+        )
     return labels
 
 
-def label_for(labels: dict[Any, Any], name: str, classes: int) -> np.ndarray:
+def label_for(labels: Mapping[Any, Any], name: str, classes: int) -> np.ndarray:
     """The label vector of `name`: psa keys are names, irn keys are ints (2007000032)."""
-    value = labels.get(name)
-    if value is None and name.replace("_", "").isdigit():
-        value = labels.get(int(name.replace("_", "")))
+    value = _label_value(labels, name)
     if value is None:
         raise KeyError(f"no label for {name!r} in the labels file")
     vector = np.asarray(value, dtype=np.float32).reshape(-1)
@@ -96,8 +115,16 @@ def label_for(labels: dict[Any, Any], name: str, classes: int) -> np.ndarray:
     return vector
 
 
-def load_model(spec: str, weights: Path | None) -> Any:
-    """Build the model from ``MODULE:ATTR`` (a class or factory) and load `weights`."""
+def _label_value(labels: Mapping[Any, Any], name: str) -> Any:
+    value = labels.get(name)
+    if value is None and name.replace("_", "").isdigit():
+        value = labels.get(int(name.replace("_", "")))
+    return value
+
+
+def load_model(spec: str, weights: Path | None, model_args: Mapping[str, Any] | None = None) -> Any:
+    """Build the model from ``MODULE:ATTR`` (a class or factory) called with
+    `model_args` as keywords, and load `weights`."""
     import torch
 
     spec_given = spec
@@ -117,10 +144,11 @@ def load_model(spec: str, weights: Path | None) -> Any:
             "that builds the network"
         )
     try:
-        model = factory()
+        model = factory(**dict(model_args or {}))
     except Exception as exc:
+        given = ", ".join(f"{k}={v!r}" for k, v in (model_args or {}).items())
         raise CamInputError(
-            f"building the model {spec!r} failed: {type(exc).__name__}: {exc}"
+            f"building the model {spec}({given}) failed: {type(exc).__name__}: {exc}"
         ) from exc
     if merges_flip(model) and not callable(model):
         raise CamInputError(
@@ -159,18 +187,69 @@ def _state_dict(checkpoint: Any) -> Any:
     return state
 
 
+# Probe sizes for `class_count`: the smallest input the network accepts is found by
+# trying these in turn (a deep network with many poolings rejects 32 x 32).
+PROBE_SIZES = (32, 64, 128, 256, 512)
+
+
 def class_count(model: Any) -> int:
-    """How many classes the model's CAMs have (one tiny forward pass on the CPU)."""
+    """How many classes the model's CAMs have, from one forward pass on the CPU of the
+    pair [img, flip(img)], as the run will call it; the output's shape is checked."""
     import torch
 
-    with torch.no_grad():
-        if not merges_flip(model):
-            return int(model.forward_cam(torch.zeros(1, 3, 32, 32)).shape[1])
-        probe = model(torch.zeros(2, 3, 32, 32))
-    if getattr(probe, "ndim", None) != 3:
+    failure: Exception | None = None
+    for size in PROBE_SIZES:
+        pair = torch.zeros(2, 3, size, size)
+        try:
+            with torch.no_grad():
+                probe = model(pair) if merges_flip(model) else model.forward_cam(pair)
+        except Exception as exc:  # too small for the network, or a bug in it
+            failure = exc
+            continue
+        return _classes_of(model, probe)
+    assert failure is not None
+    call = "forward([img, flip(img)])" if merges_flip(model) else "forward_cam(x)"
+    raise CamInputError(
+        f"{type(model).__name__}.{call} fails on zero images of "
+        f"{', '.join(f'{s}x{s}' for s in PROBE_SIZES)}: {type(failure).__name__}: {failure}"
+    ) from failure
+
+
+def _classes_of(model: Any, probe: Any) -> int:
+    shape = tuple(getattr(probe, "shape", ()))
+    name = type(model).__name__
+    if merges_flip(model):
+        if len(shape) != 3:
+            raise CamInputError(
+                f"{name} has no forward_cam, so its forward must take the pair "
+                "[img, flip(img)] and return one merged CAM (C, h, w), as irn's CAM does; "
+                f"it returned shape {shape}"
+            )
+        return int(shape[0])
+    if len(shape) != 4 or shape[0] != 2:
         raise CamInputError(
-            f"{type(model).__name__} has no forward_cam, so its forward must take the pair "
-            "[img, flip(img)] and return one merged CAM (C, h, w), as irn's CAM does; it "
-            f"returned shape {tuple(getattr(probe, 'shape', ()))}"
+            f"{name}.forward_cam must map images (N, 3, h, w) to CAMs (N, C, h', w'); "
+            f"for N = 2 it returned shape {shape}"
         )
-    return int(probe.shape[0])
+    return int(shape[1])
+
+
+def check_label_lengths(labels: Mapping[Any, Any], names: Sequence[str], classes: int) -> None:
+    """Refuse the run when the labels of the listed images do not have one value per
+    class of the model (every image would fail the same way)."""
+    wrong = []
+    for name in names:
+        try:
+            label_for(labels, name, classes)
+        except KeyError:
+            continue  # that image alone fails; the run goes on
+        except ValueError:
+            wrong.append(name)
+    if wrong:
+        found = np.asarray(_label_value(labels, wrong[0])).size
+        raise CamInputError(
+            f"the labels of {len(wrong)} of {len(names)} images (first: {wrong[0]!r}, "
+            f"{found} values) do not have one value per class of the model ({classes}); "
+            "is it the labels file for this model (psa and irn: 20 VOC classes, no "
+            "background)?"
+        )

@@ -15,10 +15,12 @@ recorded and the run goes on; the summary lists it and the exit code says so.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -29,6 +31,7 @@ from . import _cam
 from ._cam import merges_flip
 from ._inputs import (
     CamInputError,
+    check_label_lengths,
     class_count,
     find_image,
     label_for,
@@ -39,18 +42,24 @@ from ._inputs import (
 from ._overlay import save_overlay
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Mapping
     from concurrent.futures import Future
-    from pathlib import Path
 
-__all__ = ["CamConfig", "CamSummary", "run_cam"]
+__all__ = ["CamConfig", "CamSummary", "run"]
 
 FORMATS = ("psa", "irn")
+BACKENDS = ("threads", "processes", "ray")
 
 
 @dataclass(frozen=True)
 class CamConfig:
-    """What `steadypool cam` was asked to do (see the README for each option)."""
+    """What a CAM run is asked to do; the fields are the options of ``steadypool cam``
+    (README, "steadypool cam").  Paths may be given as strings.
+
+    Raises:
+        CamInputError: On construction, for values no run can use (an unknown format or
+            backend, scales that are not positive finite numbers, no devices, ...).
+    """
 
     images: Path
     labels: Path
@@ -58,6 +67,7 @@ class CamConfig:
     out: Path
     list_file: Path | None = None
     weights: Path | None = None
+    model_args: Mapping[str, Any] = field(default_factory=dict)
     scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
     flip: bool = True
     format: str = "psa"
@@ -70,6 +80,40 @@ class CamConfig:
     resume: bool = True
     cpu_workers: int | None = None
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("images", "labels", "out", "list_file", "weights", "pred_dir", "overlay_dir"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                object.__setattr__(self, name, Path(value))
+        object.__setattr__(self, "scales", tuple(self.scales))
+        object.__setattr__(self, "devices", tuple(self.devices))
+        if self.format not in FORMATS:
+            raise CamInputError(f"--format must be psa or irn, got {self.format!r}")
+        if not self.scales or not all(
+            isinstance(s, int | float) and math.isfinite(s) and s > 0 for s in self.scales
+        ):
+            raise CamInputError(
+                f"--scales must be positive finite numbers, got {', '.join(map(str, self.scales))}"
+                if self.scales
+                else "--scales names no scale"
+            )
+        if not self.devices or not all(isinstance(d, str) and d.strip() for d in self.devices):
+            raise CamInputError(
+                f"--devices must name at least one device (cpu, cuda:0, ...), got {self.devices}"
+            )
+        if self.backend not in BACKENDS:
+            raise CamInputError(
+                f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}"
+            )
+        if self.address is not None and self.backend != "ray":
+            raise CamInputError("--address applies to --backend ray only")
+        if self.cpu_workers is not None and (
+            not isinstance(self.cpu_workers, int) or self.cpu_workers < 1
+        ):
+            raise CamInputError(f"--cpu-workers must be at least 1, got {self.cpu_workers}")
+        if not math.isfinite(self.bg):
+            raise CamInputError(f"--bg must be a finite number, got {self.bg}")
 
 
 @dataclass
@@ -113,26 +157,90 @@ class _Prepared:
     image: Any  # the RGB photo: for overlays, and for workers that resize themselves
 
 
-def _check_config(config: CamConfig) -> None:
-    if config.format not in FORMATS:
-        raise CamInputError(f"--format must be psa or irn, got {config.format!r}")
-    if not config.scales or any(s <= 0 for s in config.scales):
-        raise CamInputError(f"--scales must be positive numbers, got {config.scales}")
+def _make_output_dirs(config: CamConfig) -> list[Path]:
+    """Create the output folders and check that they take files; return the folders
+    this call created, parents first (removed again if the run is refused)."""
+    created: list[Path] = []
     for directory in (config.out, config.pred_dir, config.overlay_dir):
         if directory is None:
             continue
+        missing = [d for d in (directory, *directory.parents) if not d.exists()]
         try:
             directory.mkdir(parents=True, exist_ok=True)
+            created += reversed(missing)
             probe = directory / f".steadypool-write-test-{os.getpid()}"
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as exc:
+            _remove_dirs(created)
             raise CamInputError(f"cannot write to {directory}: {exc}") from exc
+    return created
 
 
-def _replica(spec: str, weights: Path | None) -> Any:
+def _remove_dirs(created: list[Path]) -> None:
+    for directory in reversed(created):
+        with contextlib.suppress(OSError):
+            directory.rmdir()  # only if still empty
+
+
+def _remove_stale_temps(config: CamConfig) -> None:
+    """Remove the temporary files (``.NAME.npy.PID.tmp``, ``.NAME.png.PID.tmp``) that a
+    killed run left in any output folder; a live process's files are left alone."""
+    for directory in (config.out, config.pred_dir, config.overlay_dir):
+        if directory is None:
+            continue
+        for temp in directory.glob(".*.tmp"):
+            parts = temp.name.rsplit(".", 3)  # [".NAME", "npy" | "png", PID, "tmp"]
+            if len(parts) != 4 or parts[1] not in ("npy", "png") or not parts[2].isdigit():
+                continue
+            if not _alive(int(parts[2])):
+                temp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: another user's live process
+        return True
+    return True
+
+
+def _finished(config: CamConfig, name: str) -> bool:
+    """Whether every output this run asks for exists, the ``.npy`` in this run's format
+    (a psa file does not count for an irn run, nor an irn file without irn's types)."""
+    npy = config.out / f"{name}.npy"
+    pngs = [d / f"{name}.png" for d in (config.pred_dir, config.overlay_dir) if d is not None]
+    if not all(path.is_file() for path in (npy, *pngs)):
+        return False
+    return _format_of(npy) == config.format
+
+
+def _format_of(path: Path) -> str | None:
+    import torch
+
+    try:
+        content = np.load(path, allow_pickle=True).item()
+    except Exception:  # not ours, or unreadable: redo it
+        return None
+    if not isinstance(content, dict):
+        return None
+    if set(content) == {"keys", "cam", "high_res"}:
+        irn = isinstance(content["keys"], torch.Tensor) and isinstance(content["cam"], torch.Tensor)
+        return "irn" if irn else None
+    if all(isinstance(key, int | np.integer) for key in content):
+        return "psa"
+    return None
+
+
+def _replica(config: CamConfig) -> Any:
+    spec, weights, model_args = config.model, config.weights, dict(config.model_args)
+
     def setup(worker: sp.Worker) -> Any:
-        model = load_model(spec, weights)
+        model = load_model(spec, weights, model_args)
         return model.to(worker.device or "cpu")
 
     return setup
@@ -189,29 +297,43 @@ def _save(config: CamConfig, item: _Prepared, result: Any) -> None:
         save_overlay(config.overlay_dir / f"{item.name}.png", item.image, keys, maps)
 
 
-def run_cam(config: CamConfig) -> CamSummary:
-    """Run the CAM job; return its summary (failures listed there, never raised).
+class _Skip:
+    """What the CPU stage hands on for an image whose outputs are all there (resume)."""
+
+
+SKIP = _Skip()
+
+
+def run(config: CamConfig) -> CamSummary:
+    """Run the CAM job `config` describes; return its summary.
+
+    Each image's failure (missing, corrupt, no label, a NaN or negative CAM, a crashed
+    worker) is listed in the summary and the run goes on; nothing is raised for it.
 
     Raises:
-        CamInputError: Before any work, when the run cannot start.
+        CamInputError: Before any work, when the run cannot start (bad model, weights,
+            labels, list, devices, output folder, no Ray cluster at the address); the
+            output folders it would have created are not left behind.
+        ImportError: torch or Pillow is missing (install ``steadypool[cam]``).
+
+    **Interruption:** Ctrl-C stops the run within seconds; what was written stays, each
+    file whole (temporary name, then rename), and a rerun with ``resume`` (the default)
+    does only the images not finished in this run's format and outputs.
     """
     from PIL import Image
 
-    _check_config(config)
-    model = load_model(config.model, config.weights)
+    names = read_names(config.images, config.list_file)
+    labels = load_labels(config.labels)
+    model = load_model(config.model, config.weights, config.model_args)
     classes = class_count(model)
     if merges_flip(model) and not config.flip:
         raise CamInputError(
             f"{type(model).__name__} merges [img, flip(img)] in its forward (irn's CAM "
             "does), so it needs the flips: leave out --no-flip"
         )
-    labels = load_labels(config.labels)
-    names = read_names(config.images, config.list_file)
-    for stale in config.out.glob(".*.npy.*.tmp"):  # left by a killed run
-        stale.unlink(missing_ok=True)
+    check_label_lengths(labels, names, classes)
+    created = _make_output_dirs(config)
     summary = CamSummary(total=len(names), devices=config.devices, backend=config.backend)
-    todo = [n for n in names if not (config.resume and (config.out / f"{n}.npy").exists())]
-    summary.skipped = len(names) - len(todo)
     prepare_fn = _cam.prepare_psa if config.format == "psa" else _cam.prepare_irn
     # Resize where the free CPUs are.  Worker processes pinned to CPUs resize for
     # themselves: they are the CPUs, and the scaled float32 inputs (~17 MB for a VOC image
@@ -222,7 +344,9 @@ def run_cam(config: CamConfig) -> CamSummary:
         d.startswith("cpu") for d in config.devices
     )
 
-    def prepare(name: str) -> _Prepared:
+    def prepare(name: str) -> _Prepared | _Skip:
+        if config.resume and _finished(config, name):
+            return SKIP
         path = find_image(config.images, name)
         label = label_for(labels, name, classes)
         with Image.open(path) as opened:
@@ -234,19 +358,27 @@ def run_cam(config: CamConfig) -> CamSummary:
         return _Prepared(name, size, label, prepare_fn(model, image, config.scales), keep)
 
     cpu_workers = config.cpu_workers or max(2, min(8, os.cpu_count() or 2))
-    start = time.perf_counter()
-    bar = _progress(config.progress, len(todo))
     in_device: deque[_Prepared] = deque()  # prepared items in the device stream, in order
     saving: deque[tuple[str, Future[None]]] = deque()
+    bar = _progress(config.progress, len(names))
+    workers = len(config.devices)
+    bar.set_postfix_str(
+        f"starting {workers} {config.backend} worker{'s' * (workers > 1)} "
+        f"on {', '.join(dict.fromkeys(config.devices))}, each loading the model"
+    )
+    started = False
 
     def prepared_ok(stream: Iterator[Any]) -> Iterator[_Prepared]:
-        for name, item in zip(todo, stream, strict=True):
+        for name, item in zip(names, stream, strict=True):
             if isinstance(item, BaseException):
                 summary.failures.append((name, _reason(item)))
                 bar.update(1)
-                continue
-            in_device.append(item)
-            yield item
+            elif isinstance(item, _Skip):
+                summary.skipped += 1
+                bar.update(1)
+            else:
+                in_device.append(item)
+                yield item
 
     def finish_save(name: str, future: Future[None]) -> None:
         try:
@@ -256,22 +388,31 @@ def run_cam(config: CamConfig) -> CamSummary:
             summary.failures.append((name, _reason(exc)))
         bar.update(1)
 
-    with (
-        sp.Pool(cpu_workers, name="cam-cpu") as cpu,
-        sp.Pool(
-            devices=list(config.devices),
-            setup=_replica(config.model, config.weights),
-            backend=config.backend,
-            address=config.address,
-            name="cam-dev",
-        ) as dev,
-    ):
-        prepared = cpu.imap(prepare, todo, on_error="return", window=2 * cpu_workers)
+    start = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        try:
+            cpu = stack.enter_context(sp.Pool(cpu_workers, name="cam-cpu"))
+            dev = stack.enter_context(
+                sp.Pool(
+                    devices=list(config.devices),
+                    setup=_replica(config),
+                    backend=config.backend,
+                    address=config.address,
+                    name="cam-dev",
+                )
+            )
+        except (ValueError, ConnectionError, ImportError) as exc:
+            bar.close()
+            _remove_dirs(created)
+            raise CamInputError(str(exc)) from exc
+        _remove_stale_temps(config)
+        prepared = cpu.imap(prepare, names, on_error="return", window=2 * cpu_workers)
         infer = _bind_infer(config)
-        results = dev.imap(
-            infer, prepared_ok(prepared), on_error="return", window=2 * len(config.devices)
-        )
+        results = dev.imap(infer, prepared_ok(prepared), on_error="return", window=2 * workers)
         for result in results:
+            if not started:
+                bar.set_postfix_str("")
+                started = True
             item = in_device.popleft()
             if isinstance(result, BaseException):
                 summary.failures.append((item.name, _reason(result)))
@@ -303,6 +444,8 @@ def _reason(exc: BaseException) -> str:
 
 class _NoBar:
     def update(self, n: int) -> None: ...
+
+    def set_postfix_str(self, text: str) -> None: ...
 
     def close(self) -> None: ...
 
