@@ -48,3 +48,42 @@ class IrnStyleCAM(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.net.forward_cam(x)
         return x[0] + x[1].flip(-1)
+
+
+class NeedsLargeInputs(TinyCAMNet):
+    """A network whose last pooling needs feature maps of 7 x 7 or more, as a deep
+    network's does: zero images of 32 x 32 fail, 64 x 64 work."""
+
+    def forward_cam(self, x: torch.Tensor) -> torch.Tensor:
+        cams = super().forward_cam(x)
+        return torch.nn.functional.avg_pool2d(cams, 7, stride=1)
+
+
+class PooledCam(TinyCAMNet):
+    """forward_cam returns class scores (N, C), not maps."""
+
+    def forward_cam(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward_cam(x).mean(dim=(2, 3))
+
+
+class NanCam(TinyCAMNet):
+    """CAMs that are NaN for images wider than tall (of the demo photos all but the
+    square astronaut), finite otherwise."""
+
+    def forward_cam(self, x: torch.Tensor) -> torch.Tensor:
+        cams = super().forward_cam(x)
+        return cams * float("nan") if x.shape[-1] > x.shape[-2] else cams
+
+
+class NegativeCam(TinyCAMNet):
+    """CAMs without the final ReLU: negative values."""
+
+    def forward_cam(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward_cam(x) - 1.0
+
+
+class Broken(TinyCAMNet):
+    """forward_cam fails whatever the input size (a shape bug in the network)."""
+
+    def forward_cam(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(x, torch.zeros(3, 7))

@@ -6,12 +6,15 @@ import logging
 import multiprocessing
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
+
+    from steadypool.cam import CamConfig
 
 BACKENDS = ["threads", "processes"]
 try:
@@ -70,3 +73,35 @@ def no_leaked_workers() -> Iterator[None]:
         if child.is_alive():
             child.kill()  # do not let one failure cascade into every later test
     assert not alive, f"pool threads or processes left running after the test: {alive}"
+
+
+@pytest.fixture(scope="session")
+def labels_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """psa-style labels ({name: 20 floats}) of the demo photos."""
+    import numpy as np
+
+    from steadypool._tta._demo import DEMO_LABELS
+
+    labels = {}
+    for name, classes in DEMO_LABELS.items():
+        vector = np.zeros(20, dtype=np.float32)
+        vector[classes] = 1.0
+        labels[name] = vector
+    path = tmp_path_factory.mktemp("labels") / "labels.npy"
+    np.save(path, labels)  # type: ignore[arg-type]
+    return path
+
+
+def cam_config(labels: Path, out: Path, **overrides: Any) -> CamConfig:
+    """A CAM run over the demo photos with the demo network, no progress bar."""
+    from steadypool.cam import CamConfig, demo_images
+
+    options: dict[str, Any] = {
+        "images": demo_images(),
+        "labels": labels,
+        "model": "demo",
+        "out": out,
+        "progress": False,
+    }
+    options.update(overrides)
+    return CamConfig(**options)

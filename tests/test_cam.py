@@ -28,23 +28,11 @@ from steadypool.cam import CamConfig, CamInputError
 from steadypool.cam import run as run_cam
 
 from . import _reference_cam as reference
-from .conftest import BACKENDS
+from .conftest import BACKENDS, cam_config
 
 MODEL = "steadypool._tta._demo_net:TinyCAMNet"
 SCALES = (1.0, 0.5, 1.5, 2.0)
 TOL = 1e-4
-
-
-@pytest.fixture(scope="module")
-def labels_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    labels = {}
-    for name, classes in DEMO_LABELS.items():
-        vector = np.zeros(20, dtype=np.float32)
-        vector[classes] = 1.0
-        labels[name] = vector
-    path = tmp_path_factory.mktemp("labels") / "labels.npy"
-    np.save(path, labels)  # type: ignore[arg-type]
-    return path
 
 
 def _labels(path: Path) -> dict[str, np.ndarray]:
@@ -53,15 +41,7 @@ def _labels(path: Path) -> dict[str, np.ndarray]:
 
 
 def _config(labels: Path, out: Path, **overrides: Any) -> CamConfig:
-    options: dict[str, Any] = {
-        "images": demo_images(),
-        "labels": labels,
-        "model": MODEL,
-        "out": out,
-        "progress": False,
-    }
-    options.update(overrides)
-    return CamConfig(**options)
+    return cam_config(labels, out, **overrides)
 
 
 def assert_match_reference(

@@ -75,9 +75,6 @@ def _digest(checksums: list[int]) -> int:
     return zlib.crc32(np.asarray(checksums, dtype=np.uint32).tobytes())
 
 
-CAM_EXTRA = "pip install 'steadypool[cam]' (torch and Pillow)"
-
-
 def _scales(parts: Sequence[str]) -> tuple[float, ...]:
     scales = []
     for text in (x.strip() for part in parts for x in part.split(",")):
@@ -140,7 +137,6 @@ def _cam_demo(args: argparse.Namespace) -> int:
     from .cam import demo
 
     out = args.out.resolve()
-    print(f"steadypool demo: CAMs of the bundled photos, into {out}", flush=True)
     summary = demo(out, workers=args.workers, progress=not args.quiet)
     print(summary)
     print(f"outputs: {out / 'cams'} (psa .npy), {out / 'pred'} (PNG), {out / 'overlay'} (PNG)")
@@ -178,15 +174,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cam(args) if args.command == "cam" else _cam_demo(args)
     except CamInputError as exc:
         print(f"steadypool {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except ImportError as exc:
-        if exc.name not in ("torch", "PIL"):
-            raise
-        print(
-            f"steadypool {args.command}: error: needs {exc.name}, which is not installed: "
-            f"{CAM_EXTRA}",
-            file=sys.stderr,
-        )
         return 2
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._inputs import CamInputError
+from ._inputs import CamInputError, require_cam_extra
 from ._runner import CamConfig, CamSummary, run
 
 __all__ = ["DEMO_LABELS", "demo_images", "run_demo"]
@@ -31,6 +31,7 @@ def run_demo(out: Path, *, workers: int = 2, progress: bool = True) -> CamSummar
     `workers` CPU device workers; outputs go to `out`/cams, /pred and /overlay."""
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise CamInputError(f"--workers must be at least 1, got {workers}")
+    require_cam_extra()
     out.mkdir(parents=True, exist_ok=True)
     labels = {}
     for name, classes in DEMO_LABELS.items():

@@ -27,6 +27,7 @@ __all__ = [
     "load_labels",
     "load_model",
     "read_names",
+    "require_cam_extra",
 ]
 
 # Names for the networks steadypool ships (`--model demo`).
@@ -36,6 +37,18 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 class CamInputError(ValueError):
     """The run cannot start: bad arguments, model, weights, list or output directory."""
+
+
+def require_cam_extra() -> None:
+    """Refuse the run, naming what to install, when torch or Pillow is missing."""
+    for module in ("torch", "PIL"):
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise CamInputError(
+                f"the CAM runner needs {module}, which cannot be imported ({exc}): "
+                "pip install 'steadypool[cam]' (torch and Pillow)"
+            ) from exc
 
 
 def read_names(images: Path, list_file: Path | None) -> list[str]:

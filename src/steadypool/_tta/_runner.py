@@ -38,6 +38,7 @@ from ._inputs import (
     load_labels,
     load_model,
     read_names,
+    require_cam_extra,
 )
 from ._overlay import save_overlay
 
@@ -313,13 +314,14 @@ def run(config: CamConfig) -> CamSummary:
     Raises:
         CamInputError: Before any work, when the run cannot start (bad model, weights,
             labels, list, devices, output folder, no Ray cluster at the address); the
-            output folders it would have created are not left behind.
-        ImportError: torch or Pillow is missing (install ``steadypool[cam]``).
+            output folders it would have created are not left behind; also when torch
+            or Pillow is missing (the ``cam`` extra).
 
     **Interruption:** Ctrl-C stops the run within seconds; what was written stays, each
     file whole (temporary name, then rename), and a rerun with ``resume`` (the default)
     does only the images not finished in this run's format and outputs.
     """
+    require_cam_extra()
     from PIL import Image
 
     names = read_names(config.images, config.list_file)
@@ -363,8 +365,8 @@ def run(config: CamConfig) -> CamSummary:
     bar = _progress(config.progress, len(names))
     workers = len(config.devices)
     bar.set_postfix_str(
-        f"starting {workers} {config.backend} worker{'s' * (workers > 1)} "
-        f"on {', '.join(dict.fromkeys(config.devices))}, each loading the model"
+        f"starting {workers} device worker{'s' * (workers > 1)} ({config.backend}) on "
+        f"{', '.join(dict.fromkeys(config.devices))}: loading the model"
     )
     started = False
 
