@@ -406,21 +406,17 @@ def test_a_model_that_cannot_be_loaded_is_one_clear_error(
 
 @pytest.mark.parametrize("fmt", ["psa", "irn"])
 def test_an_irn_style_network_that_merges_the_flip_pair_runs_unmodified(
-    fmt: str, labels_file: Path, tmp_path: Path
+    fmt: str, labels_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A network defined like irn's CAM (no forward_cam; forward takes [img, flip(img)]
     and returns the merged map) gives the same files as the reference computed from the
-    same weights through forward_cam; --no-flip is refused for it."""
-    summary = run_cam(
-        _config(labels_file, tmp_path / "out", format=fmt, model="tests._cam_models:IrnStyleCAM")
-    )
-    assert summary.failures == []
-    assert summary.done == 4
+    same weights through forward_cam; --no-flip is refused for it (all through the CLI)."""
+    model = "tests._cam_models:IrnStyleCAM"
+    assert main([*_cli_cam(labels_file, tmp_path / "out", model), "--format", fmt]) == 0
     assert_match_reference(fmt, tmp_path / "out", labels_file)
-    with pytest.raises(CamInputError, match="leave out --no-flip"):
-        run_cam(
-            _config(labels_file, tmp_path / "nf", model="tests._cam_models:IrnStyleCAM", flip=False)
-        )
+    assert main([*_cli_cam(labels_file, tmp_path / "nf", model), "--no-flip"]) == 2
+    assert "leave out --no-flip" in capsys.readouterr().err
+    assert not (tmp_path / "nf").exists()
 
 
 @pytest.mark.parametrize("layout", ["plain", "state_dict", "model", "dataparallel"])
