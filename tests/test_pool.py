@@ -172,6 +172,106 @@ def test_imap_keeps_the_window_full_while_the_consumer_works(backend: str) -> No
         results.close()
 
 
+class Outstanding:
+    """An input that records the most items read and not yet consumed (the consumer
+    calls `consumed` for each result it takes)."""
+
+    def __init__(self, items: list[Any]) -> None:
+        self.items = items
+        self.read = self.taken = self.most = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        for item in self.items:
+            self.read += 1
+            self.most = max(self.most, self.read - self.taken)
+            yield item
+
+    def consumed(self) -> None:
+        self.taken += 1
+
+
+def test_the_default_window_adapts_within_its_bound(backend: str) -> None:
+    """Without `window`, tiny tasks get a window that grows past 2 x workers (threads and
+    processes hand out thousands of items a second here) but never past ADAPTIVE_MAX; the
+    results stay complete and in order."""
+    from steadypool._stream import ADAPTIVE_MAX
+
+    source = Outstanding(list(range(5000)))
+    with sp.Pool(2, backend=backend) as pool:
+        for i, result in enumerate(pool.imap(square, source)):
+            assert result == i * i
+            source.consumed()
+    assert source.taken == 5000
+    assert source.most <= ADAPTIVE_MAX + 1  # the item being yielded, and a window behind it
+    if backend != "ray":  # Ray's ~1 ms per call is not fast enough to need it
+        assert source.most > 4 * (2 * 2) + 1  # grew at least twice from 2 x workers
+
+
+def test_the_default_window_stays_within_its_memory_bound() -> None:
+    """Items of 1 MiB: the adaptive window holds at most ADAPTIVE_BYTES of them (by
+    sys.getsizeof), however fast they go."""
+    from steadypool._stream import ADAPTIVE_BYTES
+
+    source = Outstanding([bytes(1 << 20)] * 400)
+    with sp.Pool(2) as pool:
+        for result in pool.imap(len, source):
+            assert result == 1 << 20
+            source.consumed()
+    assert 2 * 2 + 1 < source.most <= ADAPTIVE_BYTES // (1 << 20) + 1
+
+
+def fail_or_hang(x: int, gate: Gate) -> int:
+    """Tiny, except item 2500 raises and item 4000 hangs until `gate` is set."""
+    if x == 2500:
+        raise ValueError("bad item")
+    if x == 4000:
+        gate.wait(WAIT)
+    return x
+
+
+def test_errors_and_timeouts_stay_per_item_while_the_window_adapts(
+    backend: str, tmp_path: Path
+) -> None:
+    """Thousands of tiny items grow the window; an error still names its input
+    position, a hanging item times out alone (as one item, not as a chunk), and the
+    order holds."""
+    gate = Gate(tmp_path / "gate")
+    with sp.Pool(2, backend=backend, task_timeout=1.0) as pool:
+        try:
+            out = list(pool.imap(partial(fail_or_hang, gate=gate), range(5000), on_error="return"))
+        finally:
+            gate.set()  # lets an abandoned thread end
+        stats = pool.stats()
+    assert len(out) == 5000
+    assert isinstance(out[2500], ValueError)
+    assert "input position 2500" in "".join(out[2500].__notes__)
+    assert isinstance(out[4000], sp.TaskTimeout)
+    rest = [x for i, x in enumerate(out) if i not in (2500, 4000)]
+    assert rest == [i for i in range(5000) if i not in (2500, 4000)]
+    assert (stats.failed, stats.timed_out) == (2, 1)
+
+
+def test_a_slow_input_does_not_hold_back_results_whose_turn_has_come(backend: str) -> None:
+    """With an input that takes 0.2 s per item and quick tasks, result k is handed out
+    before item k + 2 is read (every worker has an item by then), not after the whole
+    window was filled from the slow input."""
+    journal: list[str] = []
+
+    def slow_input() -> Iterator[int]:
+        for i in range(6):
+            time.sleep(0.2)
+            journal.append(f"read {i}")
+            yield i
+
+    with sp.Pool(2, backend=backend) as pool:
+        assert list(pool.imap(square, range(4))) == [0, 1, 4, 9]  # workers started
+        for i, result in enumerate(pool.imap(square, slow_input())):
+            assert result == i * i
+            journal.append(f"got {i}")
+    for k in range(4):
+        assert journal.index(f"got {k}") < journal.index(f"read {k + 2}"), journal
+
+
 def test_imap_empty_input_yields_nothing(backend: str) -> None:
     """An empty input ends the stream at once."""
     with sp.Pool(2, backend=backend) as pool:

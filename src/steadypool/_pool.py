@@ -508,6 +508,8 @@ class Pool(Executor):
             fn,
             source,
             capacity=capacity,
+            workers=self.workers,
+            adaptive=window is None and not batched,
             ordered=bool(ordered),
             on_error=on_error,
             batch_size=batch_size,

@@ -21,6 +21,7 @@ set, when nobody waits any more.  So the consumer's wait always ends.
 
 from __future__ import annotations
 
+import sys
 import time
 from concurrent.futures import CancelledError
 from queue import Empty, SimpleQueue
@@ -68,6 +69,22 @@ class StreamOwner:
 # Seconds a consumer blocks at most before it looks at pending signals (Ctrl-C).
 SIGNAL_SLICE = 0.25
 
+# The adaptive window (imap without `window`).  It starts at 2 x workers and doubles
+# while items are handed out faster than GROW_BELOW seconds apiece (then a hand-off per
+# item, ~50 us of wake-ups, is what costs; with more items queued, workers and consumer
+# rarely sleep), halves back while slower than SHRINK_ABOVE, and never exceeds
+# ADAPTIVE_MAX items nor, by the sizes `sys.getsizeof` sees of an item and a result,
+# ADAPTIVE_BYTES.
+GROW_BELOW = 1e-3
+SHRINK_ABOVE = 10e-3
+ADAPTIVE_MAX = 1024
+ADAPTIVE_BYTES = 64 << 20
+
+# An input read slower than this is "slow": once every worker has an item, the consumer
+# hands out a result that is ready (or waits up to one read for it) before reading on,
+# so a slow input does not delay results whose turn has come.
+SLOW_READ = 1e-3
+
 # Failures of the pool rather than of a task: raised whatever on_error says.
 _FATAL = (BrokenPool, StallError, CancelledError)
 
@@ -78,6 +95,8 @@ def run_stream(
     source: Iterator[Any],
     *,
     capacity: int,
+    workers: int,
+    adaptive: bool,
     ordered: bool,
     on_error: str,
     batch_size: int,
@@ -89,7 +108,10 @@ def run_stream(
 
     `capacity` (>= `batch_size`) bounds the items read and not yet handed out; a batch
     counts until it is yielded, and the window is refilled before each yield, so the
-    workers stay busy while the consumer works.  `progress` is a tqdm-like bar or None.
+    workers stay busy while the consumer works.  With `adaptive`, `capacity` is where
+    the window starts and it adapts to the items' pace (GROW_BELOW above), within
+    ADAPTIVE_MAX and ADAPTIVE_BYTES.  `workers` is how many items run at once.
+    `progress` is a tqdm-like bar or None.
     `keepalive` is held for the stream's life (the Pool, so it is not collected and
     shut down under a running stream).
     """
@@ -103,10 +125,47 @@ def run_stream(
     stopped: Exception | None = None
     raise_errors = on_error == "raise"
     clock = time.monotonic
+    slow_read = 0.0  # how long the last read of the input took, if over SLOW_READ
+    last_item: Any = None  # samples for the adaptive window's memory bound
+    last_value: Any = None
+    floor, checked_at, checked_count = capacity, clock(), 0
+
+    def result_soon(timeout: float) -> bool:
+        """Wait up to `timeout` for a result that may be handed out now."""
+        deadline = clock() + timeout
+        while not window.ready():
+            left = deadline - clock()
+            if left <= 0:
+                return False
+            try:
+                arrived = get(True, min(left, SIGNAL_SLICE))
+            except Empty:
+                continue
+            window.add(arrived[0], arrived)
+        return True
+
+    def adapt() -> None:
+        """Resize the adaptive window from the pace of the items handed out since the
+        last look (once per window's worth)."""
+        nonlocal checked_at, checked_count
+        now = clock()
+        count = window.handed - checked_count
+        per_item = (now - checked_at) / count
+        size = sys.getsizeof(last_item) + sys.getsizeof(last_value)
+        ceiling = max(floor, min(ADAPTIVE_MAX, ADAPTIVE_BYTES // max(size, 1)))
+        if per_item < GROW_BELOW:
+            window.capacity = min(ceiling, 2 * window.capacity)
+        elif per_item > SHRINK_ABOVE:
+            window.capacity = max(floor, window.capacity // 2)
+        window.capacity = min(window.capacity, ceiling)
+        checked_at, checked_count = now, window.handed
 
     def refill() -> None:
-        nonlocal exhausted, stopped
+        nonlocal exhausted, stopped, slow_read, last_item
         while not exhausted and window.has_room():
+            if slow_read and window.unpopped >= workers and result_soon(slow_read):
+                return  # every worker has an item: hand out what is ready first
+            begun = clock()
             try:
                 item = next(source)
             except StopIteration:
@@ -117,8 +176,11 @@ def run_stream(
                 exc.add_note(f"steadypool: raised by the input at input position {window.read}")
                 exhausted, stopped = True, exc
                 return
+            read = clock()
+            slow_read = read - begun if read - begun > SLOW_READ else 0.0
+            last_item = item
             try:
-                submit((window.read, fn, (item,), None, owner, clock()))
+                submit((window.read, fn, (item,), None, owner, read))
             except PoolClosed as exc:
                 # Deliver what is in flight (or its CancelledError) first, then say why
                 # the stream stopped short.
@@ -151,10 +213,16 @@ def run_stream(
                         raise value
                 out.append(value)
             window.hand_out()
-            refill()
+            if adaptive and window.handed - checked_count >= window.capacity:
+                last_value = out[-1]
+                adapt()
+            if not slow_read:
+                refill()  # before the yield: the workers stay busy while the consumer works
             if progress is not None:
                 progress.update(len(out))
             yield out if batched else out[0]
+            if slow_read:
+                refill()  # after it: a slow read does not delay a result that is ready
         if stopped is not None:
             raise stopped
     finally:

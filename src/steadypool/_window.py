@@ -68,6 +68,10 @@ class Window(Generic[T]):
             self.popped += 1
         return result
 
+    def ready(self) -> bool:
+        """Whether `pop` would return a result now."""
+        return self.popped in self._buffer if self.ordered else bool(self._arrived)
+
     def hand_out(self) -> None:
         """Account for everything popped as handed to the consumer (frees room)."""
         self.handed = self.popped
