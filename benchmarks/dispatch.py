@@ -16,6 +16,7 @@ Workloads (2 workers unless --workers):
           ../shared/seed/ at run time, skipped if absent) against
           steadypool.compat.BatchThreader and a reused ThreadPoolExecutor
   memory  a 10^6-item generator through imap: peak RSS growth, in a fresh process
+  latency a slow input (0.3 s per item) and 0.3 s tasks: first result and total time
 """
 
 from __future__ import annotations
@@ -116,12 +117,13 @@ RUNNERS: dict[str, Runner] = {
     "ThreadPool.imap chunksize=64": threadpool_imap(64),
     "joblib threading (generator)": joblib_threading,
     "mpire threading imap": mpire_threading,
-    "steadypool imap (window=2xworkers)": sp_imap(None),
+    "steadypool imap, defaults": sp_imap(None),
     "steadypool imap window=256": sp_imap(256),
     "  stall_timeout=None (no watchdog)": sp_imap(256, stall_timeout=None),
     "  + task_timeout + stall_timeout": sp_imap(256, **WATCHED),
     "steadypool imap (default) + timeouts": sp_imap(None, **WATCHED),
     "steadypool imap_batches 64": sp_imap_batches(64),
+    "steadypool map, defaults": sp_map(1),
     "steadypool map chunksize=64": sp_map(64),
 }
 REFERENCE = "ThreadPool.imap chunksize=1"
@@ -328,6 +330,55 @@ def memory_rows(n: int) -> list[dict[str, Any]]:
 # --- report -------------------------------------------------------------------------------
 
 
+def latency_rows(read: float, task: float, n: int, workers: int) -> list[dict[str, Any]]:
+    """A slow input (`read` seconds per item) and tasks of `task` seconds: when does the
+    first result arrive, and the last?"""
+
+    def slow_input() -> Iterator[int]:
+        for i in range(n):
+            time.sleep(read)
+            yield i
+
+    def slow_task(x: int) -> int:
+        time.sleep(task)
+        return x
+
+    def threadpool(workers: int) -> Iterator[int]:
+        with ThreadPool(workers) as pool:
+            yield from pool.imap(slow_task, slow_input())
+
+    def steady(workers: int) -> Iterator[int]:
+        with sp.Pool(workers) as pool:
+            yield from pool.imap(slow_task, slow_input())
+
+    rows = []
+    for label, run in (
+        ("ThreadPool.imap chunksize=1", threadpool),
+        ("steadypool imap, defaults", steady),
+    ):
+        start = time.perf_counter()
+        first = None
+        out = []
+        for x in run(workers):
+            first = time.perf_counter() - start if first is None else first
+            out.append(x)
+        if out != list(range(n)):
+            raise AssertionError(f"{label} returned wrong results")
+        rows.append(
+            {
+                "workload": "latency",
+                "runner": label,
+                "items": n,
+                "workers": workers,
+                "first_result_s": first,
+                "seconds": time.perf_counter() - start,
+                "read_s": read,
+                "task_s": task,
+            }
+        )
+    return rows
+
+
 def print_table(rows: list[dict[str, Any]]) -> None:
     for workload in dict.fromkeys(r["workload"] for r in rows):
         group = [r for r in rows if r["workload"] == workload]
@@ -342,6 +393,14 @@ def print_table(rows: list[dict[str, Any]]) -> None:
                     f"{r['runner']:<50} {r['us_per_image']:>9.1f} {r['x_first_row']:>8.2f}"
                     f" {r['threads_started']:>15} {r['thread_growth']:>10}"
                 )
+        elif workload == "latency":
+            print(
+                f"input {group[0]['read_s']}s per item, tasks {group[0]['task_s']}s, "
+                f"{group[0]['workers']} workers"
+            )
+            print(f"{'runner':<50} {'first result s':>14} {'all s':>8}")
+            for r in group:
+                print(f"{r['runner']:<50} {r['first_result_s']:>14.2f} {r['seconds']:>8.2f}")
         elif workload == "memory":
             print(f"{'runner':<50} {'peak RSS growth MB':>18} {'seconds':>8}")
             for r in group:
@@ -373,7 +432,7 @@ def main() -> None:
         return
     repeat = 1 if args.quick else args.repeat
     scale = 10 if args.quick else 1
-    only = set(args.only or ["noop", "sleep", "matmul", "seed", "memory"])
+    only = set(args.only or ["noop", "sleep", "matmul", "seed", "memory", "latency"])
     rows: list[dict[str, Any]] = []
     if "noop" in only:
         rows += bench_workload("noop", noop, 20_000 // scale, args.workers, repeat, serial=False)
@@ -385,6 +444,8 @@ def main() -> None:
         rows += seed_pattern(2000 // scale, repeat)
     if "memory" in only:
         rows += memory_rows(1_000_000 // scale)
+    if "latency" in only:
+        rows += latency_rows(0.3, 0.3, 10, args.workers)
     print_table(rows)
     meta = {
         "python": sys.version.split()[0],

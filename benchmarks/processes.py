@@ -119,7 +119,8 @@ UNCHUNKED: dict[str, Runner] = {
     "loky reusable executor map": loky(1),
     "pebble ProcessPool.map": pebble(1),
     "mpire imap chunk_size=1": mpire(1),
-    "steadypool imap (default window)": steady("imap"),
+    "steadypool imap, defaults": steady("imap"),
+    "steadypool map, defaults": steady("map"),
     "steadypool imap window=64": steady("imap", 64),
 }
 try:  # Ray rows where the ray extra is installed (Ray started once, in main())
@@ -127,6 +128,7 @@ try:  # Ray rows where the ray extra is installed (Ray started once, in main())
 except ImportError:
     ray = None
 else:
+    UNCHUNKED["steadypool backend=ray imap, defaults"] = steady("imap", None, "ray")
     UNCHUNKED["steadypool backend=ray imap window=64"] = steady("imap", 64, "ray")
 CHUNKED: dict[str, Runner] = {
     "ProcessPoolExecutor.map chunksize=64": ppe(64),

@@ -409,7 +409,12 @@ class Pool(Executor):
             iterable: Read lazily, never more than `window` items ahead of the consumer,
                 so a generator of any length runs in constant memory.
             window: Most items read and not yet yielded, running or finished and
-                waiting for their turn.  Default: 2 x workers.
+                waiting for their turn.  Default: adaptive; it starts at 2 x workers
+                and doubles while items are handed out faster than 1 ms apiece,
+                within 1024 items and 64 MiB (by `sys.getsizeof` of an item and a
+                result; give `window` for large nested items).  A slow input (over
+                1 ms per item) is read only after the results that are ready have
+                been handed out, once every worker has an item.
             ordered: Yield in input order (default), or in the order tasks finish.
             on_error: ``"raise"``: a task's exception is raised here (same type, with a
                 note naming its input position and worker) and everything queued behind
