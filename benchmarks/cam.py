@@ -17,6 +17,7 @@ Same model, same images, one run; images/s and ratios; per-device busy fraction.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import math
@@ -218,7 +219,14 @@ def irn_pattern(
 
 
 def steady(
-    spec: str, devices: list[str], images: Path, labels: Path, out: Path, fmt: str, backend: str
+    spec: str,
+    devices: list[str],
+    images: Path,
+    labels: Path,
+    out: Path,
+    fmt: str,
+    backend: str,
+    amp: str | None = None,
 ) -> dict[str, Any]:
     summary = run_cam(
         CamConfig(
@@ -229,11 +237,24 @@ def steady(
             format=fmt,
             devices=tuple(devices),
             backend=backend,
+            amp=amp,
             progress=False,
         )
     )
     assert not summary.failures, summary.failures
     return {"seconds": summary.seconds, "busy": list(summary.device_busy.values())}
+
+
+def largest_difference(a: Path, b: Path) -> float:
+    """The largest absolute difference between the maps of two runs' files."""
+    largest = 0.0
+    for path in a.glob("*.npy"):
+        x = np.load(path, allow_pickle=True).item()
+        y = np.load(b / path.name, allow_pickle=True).item()
+        for key in x:
+            if key != "keys":
+                largest = max(largest, float(np.abs(np.asarray(x[key]) - np.asarray(y[key])).max()))
+    return largest
 
 
 def main() -> None:
@@ -243,6 +264,12 @@ def main() -> None:
     parser.add_argument("--model", choices=tuple(MODELS), default="tiny")
     parser.add_argument("--size", default="500x375", help="image size WxH (VOC-like)")
     parser.add_argument("--formats", default="psa,irn", help="which rows: psa, irn or both")
+    parser.add_argument(
+        "--amp",
+        default="",
+        help="also threads rows with --amp (bf16,fp16), with their largest difference "
+        "from the float32 maps",
+    )
     parser.add_argument("--json", type=Path, default=HERE / "results" / "cam.json")
     args = parser.parse_args()
     devices = [d.strip() for d in args.devices.split(",")]
@@ -277,6 +304,11 @@ def main() -> None:
                 spec, devices, images, labels, o, "irn", "ray"
             ),
         }
+        for amp in filter(None, args.amp.split(",")):
+            for fmt in ("psa", "irn"):
+                runs[f"steadypool cam {fmt}, threads, amp {amp}"] = functools.partial(
+                    steady, spec, devices, images, labels, fmt=fmt, backend="threads", amp=amp
+                )
         if importlib.util.find_spec("ray") is None:
             runs = {k: v for k, v in runs.items() if not k.endswith(", ray")}
         else:  # started once here, so the rows measure actors, not Ray's own start-up
@@ -291,6 +323,7 @@ def main() -> None:
         print(f"{'runner':<50} {'images/s':>9} {'x pattern':>10}  device busy", flush=True)
         rows: list[dict[str, Any]] = []
         pattern: dict[str, float] = {}
+        outs: dict[str, Path] = {}
         for label, run in runs.items():
             fmt = "psa" if label.startswith("psa") or " psa" in label else "irn"
             if fmt not in formats:
@@ -298,6 +331,10 @@ def main() -> None:
             out = root / str(len(rows))
             out.mkdir(parents=True)
             got = run(out)
+            outs[label] = out
+            if ", amp " in label:
+                exact = outs[label.split(", amp ")[0]]
+                got["largest_difference_from_fp32"] = largest_difference(exact, out)
             row = {
                 "runner": label,
                 "format": fmt,
@@ -310,8 +347,10 @@ def main() -> None:
             row["busy_fraction"] = [b / row["seconds"] for b in row["busy"]]
             rows.append(row)
             busy = " ".join(f"{b * 100:.0f}%" for b in row["busy_fraction"])
+            diff = row.get("largest_difference_from_fp32")
+            note = "" if diff is None else f"  (largest difference from fp32: {diff:.2g})"
             print(
-                f"{label:<50} {row['images_per_s']:>9.2f} {row['x_pattern']:>10.2f}  {busy}",
+                f"{label:<50} {row['images_per_s']:>9.2f} {row['x_pattern']:>10.2f}  {busy}" + note,
                 flush=True,
             )
         meta = {

@@ -363,3 +363,30 @@ def test_the_public_api(labels_file: Path, tmp_path: Path) -> None:
     for bad, message in cases:
         with pytest.raises(CamInputError, match=message):
             cam_config(labels_file, tmp_path, **bad)
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+@pytest.mark.parametrize("fmt", ["psa", "irn"])
+def test_amp_runs_the_network_in_half_precision(
+    amp: str, fmt: str, labels_file: Path, tmp_path: Path
+) -> None:
+    """--amp runs the network under autocast (here on the CPU): the maps differ from the
+    float32 ones, by little; they are still float32 files of the same format."""
+    exact = run(cam_config(labels_file, tmp_path / "fp32", format=fmt))
+    half = run(cam_config(labels_file, tmp_path / amp, format=fmt, amp=amp))
+    assert exact.done == half.done == 4
+    largest = 0.0
+    for name in NAMES:
+        a = np.load(tmp_path / "fp32" / f"{name}.npy", allow_pickle=True).item()
+        b = np.load(tmp_path / amp / f"{name}.npy", allow_pickle=True).item()
+        assert a.keys() == b.keys()
+        for key in a:
+            if fmt == "irn" and key == "keys":
+                assert torch.equal(a[key], b[key])
+                continue
+            got, want = np.asarray(b[key]), np.asarray(a[key])
+            assert got.dtype == np.float32
+            largest = max(largest, float(np.abs(got - want).max()))
+    assert 0 < largest < 0.1, largest
+    with pytest.raises(CamInputError, match="--amp must be bf16 or fp16"):
+        cam_config(labels_file, tmp_path, amp="int8")

@@ -126,6 +126,7 @@ def _cam(args: argparse.Namespace) -> int:
         overlay_dir=args.overlay_dir,
         resume=not args.no_resume,
         cpu_workers=args.cpu_workers,
+        amp=args.amp,
         progress=not args.quiet,
     )
     summary = run(config)
@@ -246,6 +247,12 @@ def _parser() -> argparse.ArgumentParser:
         help="scales, space or comma separated (default 1.0,0.5,1.5,2.0)",
     )
     cam.add_argument("--no-flip", action="store_true", help="no horizontal flips")
+    cam.add_argument(
+        "--amp",
+        choices=("bf16", "fp16"),
+        help="run the network under autocast to bf16 or fp16 (default: exact float32; "
+        "the math after the network stays float32)",
+    )
     cam.add_argument(
         "--format",
         choices=("psa", "irn"),

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 __all__ = [
+    "AMP_DTYPES",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "infer_irn",
@@ -89,14 +90,32 @@ def merges_flip(model: Any) -> bool:
     return not callable(getattr(model, "forward_cam", None))
 
 
-def _merged(model: Any, chw: np.ndarray, device: Any, flip: bool) -> Any:
+AMP_DTYPES = ("bf16", "fp16")
+
+
+def _network(model: Any, batch: Any, *, merged: bool, amp: str | None) -> Any:
+    """The network on `batch`: ``forward_cam``, or the forward of a model that merges
+    the flip pair itself; under autocast to bf16/fp16 with `amp` (the maps come back as
+    float32, and all the math after the network stays in float32)."""
+    import torch
+
+    call = model if merged else model.forward_cam
+    if amp is None:
+        return call(batch)
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    with torch.autocast(batch.device.type, dtype=dtype):
+        out = call(batch)
+    return out.float()
+
+
+def _merged(model: Any, chw: np.ndarray, device: Any, flip: bool, amp: str | None) -> Any:
     """One scale's CAM with its flip merged in, ``cam[0] + cam[1].flip(-1)`` (C, h, w):
     from ``forward_cam``, or from the forward of a model that merges the pair itself
     (irn's CAM; `_inputs.merges_flip`)."""
     batch = _batch(chw, device, flip)
     if merges_flip(model):
-        return model(batch)
-    cams = model.forward_cam(batch)
+        return _network(model, batch, merged=True, amp=amp)
+    cams = _network(model, batch, merged=False, amp=amp)
     return cams[0] + cams[1].flip(-1) if flip else cams[0]
 
 
@@ -108,6 +127,7 @@ def infer_psa(
     *,
     flip: bool,
     device: Any,
+    amp: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """psa: (keys, maps).  Variants [s1, flip(s1), s2, ...]: forward_cam, bilinear
     upsample to (H, W), times the label vector, odd variants flipped back; summed in
@@ -121,11 +141,11 @@ def infer_psa(
         total = None
         for chw in scaled:
             if merges_flip(model):
-                o = _merged(model, chw, device, flip)[None]
+                o = _merged(model, chw, device, flip, amp)[None]
                 variant = F.interpolate(o, size, mode="bilinear", align_corners=False)[0] * weights
                 total = variant if total is None else total + variant
                 continue
-            cams = model.forward_cam(_batch(chw, device, flip))
+            cams = _network(model, _batch(chw, device, flip), merged=False, amp=amp)
             cams = F.interpolate(cams, size, mode="bilinear", align_corners=False) * weights
             variants = [cams[0], cams[1].flip(-1)] if flip else [cams[0]]
             for variant in variants:
@@ -147,6 +167,7 @@ def infer_irn(
     *,
     flip: bool,
     device: Any,
+    amp: str | None = None,
 ) -> dict[str, Any]:
     """irn: {"keys", "cam", "high_res"}.  Per scale, [img, flip(img)] as one batch,
     o = cam[0] + cam[1].flip(-1); strided = sum of bilinear(o, ceil(H/4) x ceil(W/4));
@@ -163,7 +184,7 @@ def infer_irn(
     with torch.no_grad():
         strided = high = None
         for chw in scaled:
-            o = _merged(model, chw, device, flip)
+            o = _merged(model, chw, device, flip, amp)
             s = F.interpolate(o[None], strided_size, mode="bilinear", align_corners=False)[0]
             h = F.interpolate(o[:, None], up_size, mode="bilinear", align_corners=False)[:, 0]
             strided = s if strided is None else strided + s

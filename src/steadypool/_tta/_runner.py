@@ -80,6 +80,7 @@ class CamConfig:
     overlay_dir: Path | None = None
     resume: bool = True
     cpu_workers: int | None = None
+    amp: str | None = None  # "bf16" | "fp16": the network under autocast
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -113,6 +114,8 @@ class CamConfig:
             not isinstance(self.cpu_workers, int) or self.cpu_workers < 1
         ):
             raise CamInputError(f"--cpu-workers must be at least 1, got {self.cpu_workers}")
+        if self.amp is not None and self.amp not in _cam.AMP_DTYPES:
+            raise CamInputError(f"--amp must be bf16 or fp16, got {self.amp!r}")
         if not math.isfinite(self.bg):
             raise CamInputError(f"--bg must be a finite number, got {self.bg}")
 
@@ -262,6 +265,7 @@ def _infer(config: CamConfig, item: _Prepared) -> tuple[str, Any]:
         item.label,
         flip=config.flip,
         device=worker.device or "cpu",
+        amp=config.amp,
     )
     return item.name, result
 
