@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 
@@ -79,3 +80,25 @@ def test_stall_report_has_cuda_memory_when_torch_is_loaded() -> None:
         gate.set()
         future.result(WAIT)
     assert any("cuda:0:" in line and "MiB allocated" in line for line in reports[0].devices)
+
+
+@pytest.mark.parametrize("backend", ["threads", "processes"])
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_cam_amp_on_a_gpu(backend: str, amp: str, labels_file: Any, tmp_path: Any) -> None:
+    """`steadypool cam --amp` on cuda:0: the network under autocast, maps close to the
+    float32 ones computed on the same GPU (CUDA's own kernels)."""
+    import numpy as np
+
+    from steadypool.cam import run
+
+    from .conftest import cam_config
+
+    pytest.importorskip("PIL")
+    options = {"devices": ("cuda:0",), "backend": backend}
+    assert run(cam_config(labels_file, tmp_path / "fp32", **options)).done == 4
+    assert run(cam_config(labels_file, tmp_path / amp, amp=amp, **options)).done == 4
+    for path in (tmp_path / "fp32").glob("*.npy"):
+        exact = np.load(path, allow_pickle=True).item()
+        half = np.load(tmp_path / amp / path.name, allow_pickle=True).item()
+        for key in exact:
+            assert np.abs(half[key] - exact[key]).max() < 0.1
