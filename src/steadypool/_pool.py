@@ -521,6 +521,7 @@ class Pool(Executor):
             batched=batched,
             progress=bar,
             keepalive=self,
+            withdraw=self._backend.withdraw,
         )
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:

@@ -103,6 +103,7 @@ def run_stream(
     batched: bool,
     progress: Any = None,
     keepalive: object = None,
+    withdraw: Callable[[], None] | None = None,
 ) -> Generator[Any, None, None]:
     """Run `fn` over `source`, yielding results (or lists of `batch_size` of them).
 
@@ -113,7 +114,8 @@ def run_stream(
     ADAPTIVE_MAX and ADAPTIVE_BYTES.  `workers` is how many items run at once.
     `progress` is a tqdm-like bar or None.
     `keepalive` is held for the stream's life (the Pool, so it is not collected and
-    shut down under a running stream).
+    shut down under a running stream).  `withdraw` is called when the stream ends with
+    items still in flight (the backend may take back those sent ahead).
     """
     owner = StreamOwner()
     track_stream(owner)  # cancelled at interpreter exit if still open
@@ -227,6 +229,8 @@ def run_stream(
             raise stopped
     finally:
         owner.cancelled = True
+        if withdraw is not None and window.unpopped:
+            withdraw()
         if progress is not None:
             progress.close()
         del keepalive

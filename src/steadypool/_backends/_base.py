@@ -289,6 +289,11 @@ class Backend(ABC):
             TypeError: It cannot.
         """
 
+    def withdraw(self) -> None:  # noqa: B027 - optional hook
+        """An owner stopped wanting some of its items (a stream ended early): items the
+        backend has sent ahead to a worker and that have not started may be taken back
+        now.  The default has nothing sent ahead (threads; Ray sends one call at a time)."""
+
     @abstractmethod
     def submit(self, task: Task) -> None:
         """Queue `task` for the next free worker; never blocks.

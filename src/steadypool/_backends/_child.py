@@ -8,7 +8,10 @@ Data flow, one child::
                     and a watcher thread exits the process (everywhere)
 
 The main thread is the only reader and writer of `sock`; it runs one task at a time, so
-the parent always knows which item a dead child was running.  SIGINT is ignored: the
+the parent always knows which item a dead child was running.  Before it starts a task
+it reads the frames already waiting behind it (no wait): a "withdraw" frame for that
+task makes it answer "skipped" instead of running it; tasks found there are kept, in
+order, for after it.  SIGINT is ignored: the
 parent handles Ctrl-C and stops its children itself.
 """
 
@@ -19,11 +22,12 @@ import ctypes
 import faulthandler
 import os
 import pickle
+import select
 import signal
 import sys
 import threading
 import types
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, Any
 
 from .. import _remote
@@ -114,14 +118,25 @@ def child_main(
         bind(worker)
     _send(sock, ("ready", os.getpid(), threading.main_thread().ident))
     fns: OrderedDict[int, Callable[..., Any]] = OrderedDict()
+    ahead: deque[list[bytearray]] = deque()  # frames read early, behind the current task
+    withdrawn: set[int] = set()
     while True:
         try:
-            frames = _remote.recv_frames(sock)
+            frames = ahead.popleft() if ahead else _remote.recv_frames(sock)
+            while select.select([sock], [], [], 0)[0]:  # what waits behind it, no wait
+                early = _remote.recv_frames(sock)
+                envelope = pickle.loads(early[0])
+                if envelope[0] == "withdraw":
+                    withdrawn.add(envelope[1])
+                else:
+                    ahead.append(early)
         except (EOFError, OSError):
             return  # the parent closed our socket, or is gone
         envelope = pickle.loads(frames[0])
         if envelope[0] == "stop":
             return
+        if envelope[0] == "withdraw":
+            continue  # it came after its task had started
         _tag, task_id, fn_id, fn_bytes = envelope
         try:
             if fn_bytes is not None:
@@ -130,6 +145,10 @@ def child_main(
             fns.move_to_end(fn_id)
             while len(fns) > FN_CACHE:
                 fns.popitem(last=False)
+            if task_id in withdrawn:
+                withdrawn.discard(task_id)
+                _send(sock, ("skipped", task_id))
+                continue
             args, kwargs = _remote.loads(frames[1:])
             del frames
             result = fn(*args) if kwargs is None else fn(*args, **kwargs)

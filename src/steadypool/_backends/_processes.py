@@ -20,6 +20,9 @@ Who owns what:
   one `queued` behind it (prefetched while tasks are short, so a child never waits for
   the manager between two tiny tasks).  A dead child therefore names exactly one item
   (`running`); its `queued` one never started and goes back to the queue as it was.
+  When a stream ends early, its thread (`withdraw()`) sends a "withdraw" frame for
+  each `queued` item its owner no longer wants; a child that finds it among the frames
+  waiting behind a task skips that task and answers "skipped".
 
 What wakes the manager (one `multiprocessing.connection.wait` on all of them): a
 message or EOF on a child's socket, a child's sentinel (it ended), or a byte on the
@@ -87,13 +90,14 @@ _ORDER = {"wake": 0, "message": 1, "died": 2}
 class _Run(Run):
     """A `Run` with what it takes to send it: the pickled arguments and function."""
 
-    __slots__ = ("fn_bytes", "fn_id", "frames")
+    __slots__ = ("fn_bytes", "fn_id", "frames", "withdrawn")
 
     def __init__(self, task: Task, frames: list[bytes | memoryview], fn_id: int, fn_bytes: bytes):
         super().__init__(task)
         self.frames = frames
         self.fn_id = fn_id
         self.fn_bytes = fn_bytes
+        self.withdrawn = False  # a "withdraw" frame was sent for it
 
 
 class _Child:
@@ -113,6 +117,7 @@ class _Child:
         "queued",
         "ready",
         "running",
+        "send_lock",
         "setup_started",
         "sock",
         "waited",
@@ -123,6 +128,9 @@ class _Child:
         self.worker = worker
         self.process: Any = None
         self.sock: socket.socket | None = None
+        # Guards writes to `sock`: the manager sends tasks, a stream's thread "withdraw"
+        # frames (whole messages, never interleaved).
+        self.send_lock = threading.Lock()
         self.lifeline: socket.socket | None = None
         self.dump_path = ""
         self.running: _Run | None = None  # the task the child is running
@@ -467,6 +475,20 @@ class ProcessBackend(Backend):
                 child.waited += now - run.task[5]
                 self._send_task(child, run)
 
+    def withdraw(self) -> None:
+        """Ask children not to start the item queued behind their running one when its
+        owner no longer wants it; sent before this returns, so a child still busy with
+        the item ahead sees it in time."""
+        for child in list(self._live.values()):
+            with self._lock:
+                run = child.queued
+                if run is None or run.withdrawn or run.task[4].wanted(run.task[0]):
+                    continue
+                run.withdrawn = True
+            with contextlib.suppress(OSError), child.send_lock:  # OSError: it died (_reap)
+                if child.sock is not None:  # else it is ending: _reap requeues the run
+                    _remote.send_frames(child.sock, [pickle.dumps(("withdraw", run.task_id))])
+
     def _send_task(self, child: _Child, run: _Run) -> None:
         known = run.fn_id in child.fn_ids
         child.fn_ids[run.fn_id] = None
@@ -476,7 +498,8 @@ class ProcessBackend(Backend):
         envelope = ("task", run.task_id, run.fn_id, None if known else run.fn_bytes)
         try:
             assert child.sock is not None
-            _remote.send_frames(child.sock, [pickle.dumps(envelope), *run.frames])
+            with child.send_lock:
+                _remote.send_frames(child.sock, [pickle.dumps(envelope), *run.frames])
         except OSError:
             pass  # the child died: its sentinel comes next and _reap handles the run
 
@@ -485,8 +508,9 @@ class ProcessBackend(Backend):
         try:
             frames = _remote.recv_frames(child.sock)
         except (EOFError, OSError):
-            child.sock.close()
-            child.sock = None  # it is ending; the sentinel follows
+            with child.send_lock:  # no withdraw() writes to a closed (reused) descriptor
+                child.sock.close()
+                child.sock = None  # it is ending; the sentinel follows
             return
         tag = pickle.loads(frames[0])
         if tag[0] == "setup":
@@ -522,6 +546,8 @@ class ProcessBackend(Backend):
             child.running, child.queued = child.queued, None
             if child.running is not None:
                 child.running.started = finished  # the child starts it right away
+        if tag[0] == "skipped":
+            return  # withdrawn before it started: its owner waits for nothing
         self._task_time = 0.8 * self._task_time + 0.2 * (finished - run.started)
         child.busy += finished - run.started
         child.items += 1
@@ -615,10 +641,11 @@ class ProcessBackend(Backend):
             run.task[4].put((run.task[0], False, self._broken, None))
 
     def _close_child(self, child: _Child) -> None:
-        for sock in (child.sock, child.lifeline):
-            if sock is not None:
-                sock.close()
-        child.sock = child.lifeline = None
+        with child.send_lock:  # no withdraw() writes to a closed (reused) descriptor
+            for sock in (child.sock, child.lifeline):
+                if sock is not None:
+                    sock.close()
+            child.sock = child.lifeline = None
         with contextlib.suppress(OSError):
             os.unlink(child.dump_path)
 
