@@ -19,7 +19,7 @@ import steadypool as sp
 from ._faults import Gate, Journal
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Generator, Iterator
     from pathlib import Path
 
 WAIT = 10.0  # seconds any single wait inside a test may take before it fails
@@ -438,6 +438,34 @@ def test_map_does_not_keep_results_it_yielded(backend: str, chunksize: int) -> N
             ref = weakref.ref(obj)
             del obj
             assert collected(ref)
+
+
+def identity(obj: Any) -> Any:
+    return obj
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_an_open_stream_keeps_no_reference_to_what_it_handed_out(batched: bool) -> None:
+    """While an imap stream (default, adaptive window) or an imap_batches stream is
+    still open, the items and results it has handed out are not kept alive by it
+    (threads: the result is the item itself, so one weak reference watches both)."""
+    made: list[weakref.ref[Any]] = []
+
+    def source() -> Iterator[Model]:
+        for i in range(3000):
+            model = Model(i)
+            made.append(weakref.ref(model))
+            yield model
+
+    with sp.Pool(2) as pool:
+        results: Generator[Any, None, None] = (
+            pool.imap_batches(identity, source(), 10) if batched else pool.imap(identity, source())
+        )
+        for _ in range(250 if batched else 2500):  # imap: past several window resizings
+            next(results)
+        handed = made[:2500]
+        assert all(collected(ref) for ref in handed[-64:])  # the newest ones too
+        results.close()
 
 
 def test_a_finished_task_keeps_no_reference_to_its_function(backend: str) -> None:

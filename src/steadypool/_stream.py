@@ -11,7 +11,9 @@ that reads the input, touches the `Window` or reads `_results`.  Workers only pu
 `_results` and read `StreamOwner.cancelled`, which only the consumer sets (once, when
 the stream ends for any reason: exhausted, error, break, close() or garbage collection).
 A worker that reads it as set skips the task, so abandoning a stream cancels what is
-queued and nothing else needs to be told.
+queued; only items a backend has already sent ahead to a worker (processes) need to be
+told, which `withdraw` does once the flag is set.  The frame keeps nothing it handed
+out while suspended at a yield (`_take`).
 
 What wakes the consumer: the outcome of each task it submitted.  By the backend
 contract every submitted task ends in an outcome or a drop (which `StreamOwner.drop`
@@ -89,6 +91,15 @@ SLOW_READ = 1e-3
 _FATAL = (BrokenPool, StallError, CancelledError)
 
 
+def _take(out: list[Any], batched: bool) -> Any:
+    """What to yield: the batch (a new list) or its one result; `out` is left empty."""
+    if not batched:
+        return out.pop()
+    taken = out.copy()
+    out.clear()
+    return taken
+
+
 def run_stream(
     submit: Callable[[Task], None],
     fn: Callable[[Any], Any],
@@ -128,9 +139,14 @@ def run_stream(
     raise_errors = on_error == "raise"
     clock = time.monotonic
     slow_read = 0.0  # how long the last read of the input took, if over SLOW_READ
-    last_item: Any = None  # samples for the adaptive window's memory bound
-    last_value: Any = None
+    # Sizes (not the objects: nothing handed out is held) of the last item read and of
+    # a result, for the adaptive window's memory bound.
+    item_size = value_size = 0
     floor, checked_at, checked_count = capacity, clock(), 0
+    out: list[Any] = []  # the results of the batch being built
+    outcome: Outcome | None = None
+    arrived: Outcome | None = None
+    value: Any = None
 
     def result_soon(timeout: float) -> bool:
         """Wait up to `timeout` for a result that may be handed out now."""
@@ -153,7 +169,7 @@ def run_stream(
         now = clock()
         count = window.handed - checked_count
         per_item = (now - checked_at) / count
-        size = sys.getsizeof(last_item) + sys.getsizeof(last_value)
+        size = item_size + value_size
         ceiling = max(floor, min(ADAPTIVE_MAX, ADAPTIVE_BYTES // max(size, 1)))
         if per_item < GROW_BELOW:
             window.capacity = min(ceiling, 2 * window.capacity)
@@ -163,7 +179,7 @@ def run_stream(
         checked_at, checked_count = now, window.handed
 
     def refill() -> None:
-        nonlocal exhausted, stopped, slow_read, last_item
+        nonlocal exhausted, stopped, slow_read, item_size
         while not exhausted and window.has_room():
             if slow_read and window.unpopped >= workers and result_soon(slow_read):
                 return  # every worker has an item: hand out what is ready first
@@ -180,7 +196,8 @@ def run_stream(
                 return
             read = clock()
             slow_read = read - begun if read - begun > SLOW_READ else 0.0
-            last_item = item
+            if adaptive:
+                item_size = sys.getsizeof(item)
             try:
                 submit((window.read, fn, (item,), None, owner, read))
             except PoolClosed as exc:
@@ -193,7 +210,7 @@ def run_stream(
     try:
         refill()
         while window.unpopped:
-            out: list[Any] = []
+            out = []
             while len(out) < batch_size and window.unpopped:
                 outcome = window.pop()
                 while outcome is None:
@@ -214,15 +231,17 @@ def run_stream(
                     if raise_errors:
                         raise value
                 out.append(value)
+            # Nothing handed out stays referenced by this frame while it is suspended.
+            outcome = arrived = value = None
             window.hand_out()
             if adaptive and window.handed - checked_count >= window.capacity:
-                last_value = out[-1]
+                value_size = sys.getsizeof(out[-1])
                 adapt()
             if not slow_read:
                 refill()  # before the yield: the workers stay busy while the consumer works
             if progress is not None:
                 progress.update(len(out))
-            yield out if batched else out[0]
+            yield _take(out, batched)  # empties `out`: the consumer holds what it got
             if slow_read:
                 refill()  # after it: a slow read does not delay a result that is ready
         if stopped is not None:

@@ -118,21 +118,30 @@ def child_main(
         bind(worker)
     _send(sock, ("ready", os.getpid(), threading.main_thread().ident))
     fns: OrderedDict[int, Callable[..., Any]] = OrderedDict()
-    ahead: deque[list[bytearray]] = deque()  # frames read early, behind the current task
-    withdrawn: set[int] = set()
+    # Frames read early, behind the current one, with their envelopes, in order.
+    ahead: deque[tuple[Any, list[bytearray]]] = deque()
+    withdrawn: set[int] = set()  # ids of the current task or of tasks in `ahead`
     while True:
         try:
-            frames = ahead.popleft() if ahead else _remote.recv_frames(sock)
+            if ahead:
+                envelope, frames = ahead.popleft()
+            else:
+                frames = _remote.recv_frames(sock)
+                envelope = pickle.loads(frames[0])
+            # The tasks a "withdraw" read now may name; one for any other has run already.
+            coming = {e[1] for e, _ in ((envelope, frames), *ahead) if e[0] == "task"}
             while select.select([sock], [], [], 0)[0]:  # what waits behind it, no wait
                 early = _remote.recv_frames(sock)
-                envelope = pickle.loads(early[0])
-                if envelope[0] == "withdraw":
-                    withdrawn.add(envelope[1])
-                else:
-                    ahead.append(early)
+                early_envelope = pickle.loads(early[0])
+                if early_envelope[0] == "withdraw":
+                    if early_envelope[1] in coming:
+                        withdrawn.add(early_envelope[1])
+                    continue
+                ahead.append((early_envelope, early))
+                if early_envelope[0] == "task":
+                    coming.add(early_envelope[1])
         except (EOFError, OSError):
             return  # the parent closed our socket, or is gone
-        envelope = pickle.loads(frames[0])
         if envelope[0] == "stop":
             return
         if envelope[0] == "withdraw":
