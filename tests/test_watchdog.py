@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 import steadypool as sp
-from steadypool._backends._base import SETUP, Busy
+from steadypool._records import SETUP, Busy
 from steadypool._watchdog import Watchdog
 
 if TYPE_CHECKING:

@@ -7,10 +7,10 @@ from ._exceptions import StallError as StallError
 from ._exceptions import TaskTimeout as TaskTimeout
 from ._exceptions import WorkerCrashed as WorkerCrashed
 from ._pool import Pool as Pool
+from ._records import BusyWorker as BusyWorker
+from ._records import StallReport as StallReport
 from ._stats import PoolStats as PoolStats
 from ._stats import WorkerStats as WorkerStats
-from ._watchdog import BusyWorker as BusyWorker
-from ._watchdog import StallReport as StallReport
 from ._worker import Worker as Worker
 from ._worker import current_worker as current_worker
 

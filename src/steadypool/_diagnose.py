@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from ._exceptions import StallError, TaskTimeout
 
 if TYPE_CHECKING:
-    from ._watchdog import StallReport
+    from ._records import StallReport
 
 __all__ = ["diagnose"]
 

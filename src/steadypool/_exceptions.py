@@ -11,7 +11,7 @@ from concurrent.futures import BrokenExecutor
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ._watchdog import StallReport
+    from ._records import StallReport
     from ._worker import Worker
 
 __all__ = [

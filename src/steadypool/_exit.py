@@ -41,13 +41,12 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from ._watchdog import build_report
 
 if TYPE_CHECKING:
     from ._backends._base import Backend
-    from ._stream import StreamOwner
     from ._watchdog import Monitor
 
 __all__ = [
@@ -79,9 +78,15 @@ class _Entry:
     stall_timeout: float | None
 
 
+class Cancellable(Protocol):
+    """An open stream's owner, as exit sees it: setting `cancelled` ends the stream."""
+
+    cancelled: bool
+
+
 _lock = threading.Lock()
 _pools: weakref.WeakKeyDictionary[Backend, _Entry] = weakref.WeakKeyDictionary()
-_streams: weakref.WeakSet[StreamOwner] = weakref.WeakSet()
+_streams: weakref.WeakSet[Cancellable] = weakref.WeakSet()
 _interrupted: weakref.WeakSet[Backend] = weakref.WeakSet()  # left by Ctrl-C or exit
 
 
@@ -101,7 +106,7 @@ def interrupted(backend: Backend) -> None:
         _interrupted.add(backend)
 
 
-def track_stream(owner: StreamOwner) -> None:
+def track_stream(owner: Cancellable) -> None:
     """Have the stream of `owner` cancelled at interpreter exit if it is still open."""
     with _lock:
         _streams.add(owner)

@@ -24,7 +24,7 @@ from ._exit import DEFAULT_STALL_TIMEOUT
 from ._map import map_results, run_chunk
 from ._stats import PoolStats
 from ._stream import run_stream
-from ._watchdog import Monitor, StallReport, Watchdog
+from ._watchdog import Monitor, Watchdog
 from ._worker import Worker
 
 if TYPE_CHECKING:
@@ -32,7 +32,8 @@ if TYPE_CHECKING:
     from types import TracebackType
     from typing import ParamSpec, Self
 
-    from ._backends._base import Backend, Outcome
+    from ._backends._base import Backend
+    from ._records import Outcome, StallReport
 
     P = ParamSpec("P")
 

@@ -36,7 +36,7 @@ from ._window import Window
 if TYPE_CHECKING:
     from collections.abc import Callable, Generator, Iterator
 
-    from ._backends._base import Outcome, Task
+    from ._records import Outcome, Task
 
 __all__ = ["SIGNAL_SLICE", "StreamOwner", "run_stream"]
 

@@ -23,104 +23,22 @@ import os
 import sys
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any
 
+from ._records import BusyWorker, StallReport, label
 from ._worker import describe, leave_signals_to_the_main_thread
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from ._backends._base import Backend, Busy
+    from ._backends._base import Backend
+    from ._records import Busy
 
-__all__ = ["BusyWorker", "Monitor", "StallReport", "Watchdog", "build_report", "label"]
+__all__ = ["Monitor", "Watchdog", "build_report"]
 
 logger = logging.getLogger("steadypool")
 
 _MIN_TICK, _MAX_TICK = 0.01, 0.5  # seconds between monitor checks, clamped
-
-
-@final
-@dataclass(frozen=True)
-class BusyWorker:
-    """One busy worker in a `StallReport`.
-
-    Attributes:
-        index: The worker's index in its pool.
-        device: Its device, or None.
-        position: The input position of the item it runs (None for `submit`).
-        running_for: Seconds since it started the item.
-        stack: The item's current Python stack, innermost call last.
-        where: The thread (or process) running it.
-        setup: True when the worker is running ``setup(worker)``, not an item.
-    """
-
-    index: int
-    device: str | None
-    position: int | None
-    running_for: float
-    stack: str
-    where: str
-    setup: bool = False
-
-    @property
-    def what(self) -> str:
-        """``setup(worker)``, ``item 7`` or ``a submitted task``."""
-        return label(self.setup, self.position)
-
-
-def label(setup: bool, position: int | None) -> str:
-    """What a busy worker runs, as messages name it."""
-    if setup:
-        return "setup(worker)"
-    return "a submitted task" if position is None else f"item {position}"
-
-
-@final
-@dataclass(frozen=True)
-class StallReport:
-    """Where a stalled pool is stuck; ``str(report)`` is a readable multi-line text.
-
-    Attributes:
-        pool: The pool's name.
-        since_progress: Seconds since an item last finished (or since the oldest busy
-            item started, if later).
-        done: Items finished so far (including failures).
-        in_flight: Items running now.
-        queued: Items waiting for a worker.
-        busy: Every busy worker: its item, for how long, and its stack.
-        devices: Memory figures per CUDA device in use, if torch was already imported.
-        episode: 1 for the first report of a stall, 2, 3... for repeats.
-        hint: The likely cause, where the stacks show one ("" otherwise): every busy
-            worker waiting on a pool's result while items are queued (a task waiting
-            on a task of its own pool).
-    """
-
-    pool: str
-    since_progress: float
-    done: int
-    in_flight: int
-    queued: int
-    busy: tuple[BusyWorker, ...]
-    devices: tuple[str, ...] = ()
-    episode: int = 1
-    hint: str = ""
-
-    def __str__(self) -> str:
-        lines = [
-            f"steadypool: pool {self.pool!r} has made no progress for "
-            f"{self.since_progress:.1f}s ({self.done} items done, {self.in_flight} running, "
-            f"{self.queued} queued; report {self.episode} of this stall)",
-        ]
-        for busy in self.busy:
-            lines.append(
-                f"  {describe(busy.index, busy.device)} [{busy.where}] has run {busy.what} for "
-                f"{busy.running_for:.1f}s, now at:"
-            )
-            lines.extend("    " + line for line in busy.stack.rstrip().splitlines())
-        lines.extend(f"  {line}" for line in self.devices)
-        if self.hint:
-            lines.append(f"  likely cause: {self.hint}")
-        return "\n".join(lines)
 
 
 # Frames that mean "this task waits for the result of a pool's task": the stdlib's

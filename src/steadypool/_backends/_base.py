@@ -27,117 +27,18 @@ import threading
 import weakref
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, NamedTuple, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 if TYPE_CHECKING:
     from collections import deque
     from collections.abc import Callable, Sequence
 
     from .._exceptions import BrokenPool
+    from .._records import Busy, Task
     from .._stats import WorkerStats
     from .._worker import Worker
 
-__all__ = [
-    "SETUP",
-    "Backend",
-    "Busy",
-    "FunctionCache",
-    "Outcome",
-    "Owner",
-    "Run",
-    "Task",
-    "give_up_on_setup",
-    "setup_busy",
-    "take_runnable",
-]
-
-
-# What a worker reports for one task: (key, ok, value, worker).  `value` is the result,
-# or the exception when not ok; `worker` is None when no worker ran it.  A plain tuple,
-# since one is built per item on the hot path.
-Outcome = tuple[Any, bool, Any, "Worker | None"]
-
-
-class Owner(Protocol):
-    """Who receives a task's outcome (a stream, or a future)."""
-
-    def begin(self, key: Any) -> bool:
-        """Return False to skip the task (cancelled); called just before it runs."""
-
-    def put(self, outcome: Outcome) -> None:
-        """Receive the outcome of a task that ran (or failed to)."""
-
-    def drop(self, key: Any) -> None:
-        """Learn that a queued task was discarded by ``shutdown(cancel=True)``."""
-
-    def position(self, key: Any) -> int | None:
-        """The input position a key stands for (for reports), if any."""
-
-    def wanted(self, key: Any) -> bool:
-        """Whether anyone still waits for this task's outcome (a cancelled stream's
-        running tasks are not waited for at interpreter exit)."""
-
-
-# (key, fn, args, kwargs or None, owner, queued_at): a plain tuple, built per item;
-# queued_at is time.monotonic() at submit.
-Task = tuple[Any, "Callable[..., Any]", tuple[Any, ...], "dict[str, Any] | None", Owner, float]
-
-
-class Busy(NamedTuple):
-    """A snapshot of one running task, for the watchdog."""
-
-    token: int  # identifies this run of the task for `Backend.fail`
-    worker: Worker
-    key: Any
-    owner: Owner
-    started: float  # time.monotonic() when the worker started it
-    where: str  # the thread or process running it
-    handle: Any  # backend-private
-    # Whether task_timeout applies: False while a worker is still being started (a Ray
-    # actor waiting for a node), which only stall reports watch.
-    timed: bool = True
-
-    @property
-    def position(self) -> int | None:
-        return self.owner.position(self.key)
-
-    @property
-    def is_setup(self) -> bool:
-        """Whether this is a worker running ``setup(worker)`` rather than an item."""
-        return self.owner is SETUP
-
-
-class _SetupOwner:
-    """Stands, in a `Busy`, for a worker's ``setup(worker)``: no item, no outcome.
-
-    Setup is watched like a task (task_timeout, stalls); when the watchdog claims it
-    (`Backend.fail`), the backend starts a fresh worker (retries) or breaks the pool.
-    """
-
-    def begin(self, key: Any) -> bool:
-        return True
-
-    def put(self, outcome: Outcome) -> None:
-        pass
-
-    def drop(self, key: Any) -> None:
-        pass
-
-    def position(self, key: Any) -> int | None:
-        return None
-
-    def wanted(self, key: Any) -> bool:
-        return False
-
-
-SETUP = _SetupOwner()
-
-
-def setup_busy(
-    token: int, worker: Worker, started: float, where: str, handle: Any, *, timed: bool = True
-) -> Busy:
-    """The `Busy` snapshot of a worker running ``setup(worker)``."""
-    return Busy(token, worker, None, SETUP, started, where, handle, timed)
+__all__ = ["Backend", "FunctionCache", "Run", "give_up_on_setup", "take_runnable"]
 
 
 def give_up_on_setup(

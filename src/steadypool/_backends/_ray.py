@@ -41,23 +41,15 @@ import cloudpickle
 from .. import _remote
 from .._devices import activate
 from .._exceptions import BrokenPool, PoolClosed, WorkerCrashed
+from .._records import SETUP, Busy, setup_busy
 from .._stats import WorkerStats, count_failure, per_worker
 from .._worker import Worker, bind, describe
-from ._base import (
-    SETUP,
-    Backend,
-    Busy,
-    FunctionCache,
-    Run,
-    give_up_on_setup,
-    setup_busy,
-    take_runnable,
-)
+from ._base import Backend, FunctionCache, Run, give_up_on_setup, take_runnable
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from ._base import Task
+    from .._records import Task
 
 __all__ = ["BACKEND", "RayBackend"]
 

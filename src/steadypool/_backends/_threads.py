@@ -45,14 +45,15 @@ from typing import TYPE_CHECKING, Any
 
 from .._devices import activate
 from .._exceptions import BrokenPool, PoolClosed
+from .._records import Busy, setup_busy
 from .._stats import WorkerStats, count_failure, per_worker
 from .._worker import Worker, bind, describe, leave_signals_to_the_main_thread
-from ._base import Backend, Busy, give_up_on_setup, setup_busy
+from ._base import Backend, give_up_on_setup
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from ._base import Task
+    from .._records import Task
 
 __all__ = ["BACKEND", "ThreadBackend"]
 
