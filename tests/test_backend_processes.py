@@ -10,6 +10,7 @@ import sys
 import textwrap
 import threading
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -409,3 +410,59 @@ def test_cpu_workers_share_the_cores() -> None:
         seen = set(pool.map(_threads, range(4)))
     assert {env for env, _ in seen} == {str(share)}
     assert all(threads in (None, share) for _, threads in seen)
+
+
+_FAULTS: dict[str, Callable[[], None]] = {
+    "os_exit": exit_now,
+    "sigkill": kill_self,
+    "segfault": segfault,
+}
+
+
+def _fault_at(x: int, at: int, fault: str) -> int:
+    if x == at:
+        _FAULTS[fault]()
+    return x
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("fault", sorted(_FAULTS))
+def test_a_crash_among_many_tiny_items_names_its_own_item(fault: str, workers: int) -> None:
+    """Tiny tasks travel to a child many at a time and come back in batches; when the
+    child dies, the item its slot says it was running fails alone, named, and every
+    other item is delivered once, in order (those whose results died with it run
+    again)."""
+    with sp.Pool(workers, backend="processes") as pool:
+        out = list(
+            pool.imap(partial(_fault_at, at=2000, fault=fault), range(3000), on_error="return")
+        )
+        stats = pool.stats()
+    assert isinstance(out[2000], sp.WorkerCrashed)
+    assert "item 2000" in str(out[2000])
+    assert [x for i, x in enumerate(out) if i != 2000] == [x for x in range(3000) if x != 2000]
+    assert (stats.done, stats.failed, stats.replaced) == (3000, 1, 1)
+
+
+def _gated(x: int, gate: Gate | None) -> int:
+    if gate is not None:
+        assert gate.wait(WAIT)
+    return x
+
+
+def test_results_before_a_long_task_are_not_held_back(tmp_path: Path) -> None:
+    """Results of short tasks go back in batches, but none waits for the next task to
+    end: with tiny tasks queued in the child between two long ones, the tiny ones'
+    futures complete while the second long one still runs."""
+    first, second = Gate(tmp_path / "first"), Gate(tmp_path / "second")
+    with sp.Pool(1, backend="processes") as pool:
+        assert list(pool.map(_gated, range(500), [None] * 500)) == list(range(500))
+        head = pool.submit(_gated, -1, first)  # the child holds it and what follows
+        tiny = [pool.submit(_gated, i, None) for i in range(50)]
+        tail = pool.submit(_gated, -2, second)
+        first.set()
+        try:
+            assert [f.result(timeout=WAIT) for f in tiny] == list(range(50))
+            assert not tail.done()
+        finally:
+            second.set()
+        assert (head.result(timeout=WAIT), tail.result(timeout=WAIT)) == (-1, -2)

@@ -80,13 +80,18 @@ def send_frames(sock: socket.socket, frames: Sequence[bytes | memoryview]) -> No
     """Write one message of frames; large frames are sent from their own memory."""
     sizes = [len(f) if isinstance(f, bytes) else f.nbytes for f in frames]
     head = _COUNT.pack(len(frames)) + struct.pack(f"<{len(frames)}Q", *sizes)
-    small = [f for f, n in zip(frames, sizes, strict=True) if n < _OOB_MIN]
-    if len(small) == len(frames):
-        sock.sendall(head + b"".join(small))  # one syscall for a small message
-        return
-    sock.sendall(head)
-    for frame in frames:
+    # Small frames are joined into one write with what precedes them (a batch of tasks
+    # or results is one syscall); a big one is written from its own memory.
+    pending: list[bytes | memoryview] = [head]
+    for frame, size in zip(frames, sizes, strict=True):
+        if size < _OOB_MIN:
+            pending.append(frame)
+            continue
+        sock.sendall(b"".join(pending))
+        pending = []
         sock.sendall(frame)
+    if pending:
+        sock.sendall(b"".join(pending))
 
 
 def _recv_exact(sock: socket.socket, size: int) -> bytearray:
@@ -105,7 +110,24 @@ def recv_frames(sock: socket.socket) -> list[bytearray]:
     """Read one message written by `send_frames` (EOFError when the peer is gone)."""
     (count,) = _COUNT.unpack(_recv_exact(sock, _COUNT.size))
     sizes = struct.unpack(f"<{count}Q", _recv_exact(sock, 8 * count))
-    return [_recv_exact(sock, size) for size in sizes]
+    frames: list[bytearray] = []
+    i = 0
+    while i < count:
+        if sizes[i] >= _OOB_MIN:  # a big buffer: its own memory, as it was sent
+            frames.append(_recv_exact(sock, sizes[i]))
+            i += 1
+            continue
+        # A run of small frames (a batch of tasks or results): one read, then split.
+        end = i
+        while end < count and sizes[end] < _OOB_MIN:
+            end += 1
+        run = _recv_exact(sock, sum(sizes[i:end]))
+        at = 0
+        for size in sizes[i:end]:
+            frames.append(run[at : at + size])
+            at += size
+        i = end
+    return frames
 
 
 class RemoteTraceback(Exception):

@@ -2,17 +2,26 @@
 
 Data flow, one child::
 
-    parent --task frames--> sock --recv--> main thread: run fn --result frames--> sock
+    parent --"tasks" frames (one or many tasks)--> sock --recv--> main thread: `tasks`
+    main thread: run fn --result--> Outbox --"results" frames (one or many)--> sock
+    main thread --(task id, start time, running?)--> Slot (shared memory) <-- parent
     parent --SIGUSR1--> faulthandler writes every thread's stack into the dump file
     parent dies --> PR_SET_PDEATHSIG kills us (Linux); the lifeline socket reads EOF
                     and a watcher thread exits the process (everywhere)
 
-The main thread is the only reader and writer of `sock`; it runs one task at a time, so
-the parent always knows which item a dead child was running.  Before it starts a task
-it reads the frames already waiting behind it (no wait): a "withdraw" frame for that
-task makes it answer "skipped" instead of running it; tasks found there are kept, in
-order, for after it.  SIGINT is ignored: the
-parent handles Ctrl-C and stops its children itself.
+The main thread is the only reader of `sock` and runs one task at a time, in the order
+sent; before each task it writes the task into the `Slot`, which the parent reads to
+know which item runs and since when (timeouts, stall reports, which item a death
+names) without a message per item.  Before it starts a task it reads the frames
+already waiting (no wait): a "withdraw" frame takes the tasks it names out of
+`tasks`, answered "skipped".  SIGINT is ignored: the parent handles Ctrl-C and stops
+its children itself.
+
+Results go back in batches (`Outbox`): one message for many tiny tasks.  A result
+waits in the outbox at most FLUSH_AFTER (a flusher thread sends it even while the
+main thread is inside a long task), and not at all when its task ran that long, when
+the outbox is big, or when the child has nothing left to run.  `Outbox._lock` guards
+the outbox and every write to `sock` (main thread and flusher).
 """
 
 from __future__ import annotations
@@ -20,12 +29,15 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import faulthandler
+import mmap
 import os
 import pickle
 import select
 import signal
+import struct
 import sys
 import threading
+import time
 import types
 from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, Any
@@ -38,10 +50,107 @@ if TYPE_CHECKING:
     import socket
     from collections.abc import Callable
 
-__all__ = ["FN_CACHE", "child_main"]
+__all__ = ["FN_CACHE", "Slot", "child_main"]
 
 FN_CACHE = 256  # functions a child keeps; the parent assumes at most half of that
 _PR_SET_PDEATHSIG = 1
+FLUSH_AFTER = 1e-3  # seconds a finished result may wait in the outbox for company
+_FLUSH_COUNT = 256  # results: an outbox this full is sent at once
+_FLUSH_BYTES = 1 << 20  # bytes: so is one this big
+
+
+class Slot:
+    """What a worker process runs now, in shared memory the parent reads: written by
+    the child's main thread (twice per task), read by the parent's watchdog and manager.
+
+    One record (n, task id, start time, running, n), written in one copy; a reader that
+    sees the two copies of the counter `n` differ caught a write half done and reads
+    again.  `time.monotonic` is the system-wide monotonic clock, the same in both
+    processes.
+    """
+
+    _FORMAT = struct.Struct("<qqdqq")
+    SIZE = _FORMAT.size
+
+    def __init__(self, path: str) -> None:
+        with open(path, "r+b") as file:
+            self._map = mmap.mmap(file.fileno(), self.SIZE)
+        self._n = 0
+
+    @classmethod
+    def create(cls, path: str) -> Slot:
+        with open(path, "wb") as file:
+            file.write(bytes(cls.SIZE))
+        return cls(path)
+
+    def write(self, task_id: int, started: float, running: bool) -> None:
+        self._n += 1
+        self._FORMAT.pack_into(self._map, 0, self._n, task_id, started, running, self._n)
+
+    def read(self) -> tuple[int, float, bool] | None:
+        """(task id, start time, still running) of the last task begun, or None."""
+        for _ in range(1000):
+            try:
+                n, task_id, started, running, check = self._FORMAT.unpack_from(self._map)
+            except ValueError:  # closed
+                return None
+            if n == check:
+                return (task_id, started, bool(running)) if n else None
+        return None
+
+    def close(self) -> None:
+        self._map.close()
+
+
+class Outbox:
+    """Finished results waiting to go back in one message (see the module docstring)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._lock = threading.Lock()
+        self._entries: list[tuple[int, str, int, float]] = []  # (task, tag, frames, took)
+        self._frames: list[bytes | memoryview] = []
+        self._bytes = 0
+        # Set while results wait: the flusher sends them FLUSH_AFTER later.
+        self._waiting = threading.Event()
+        threading.Thread(target=self._flusher, name="steadypool-outbox", daemon=True).start()
+
+    def add(self, task_id: int, tag: str, frames: list[bytes | memoryview], took: float) -> None:
+        """Queue one task's outcome; sent now if it ran long or the outbox is full."""
+        size = sum(len(f) if isinstance(f, bytes) else f.nbytes for f in frames)
+        with self._lock:
+            self._entries.append((task_id, tag, len(frames), took))
+            self._frames += frames
+            self._bytes += size
+            if (
+                took >= FLUSH_AFTER
+                or len(self._entries) >= _FLUSH_COUNT
+                or (self._bytes >= _FLUSH_BYTES)
+            ):
+                self._send()
+                return
+        self._waiting.set()
+
+    def flush(self) -> None:
+        """Send whatever waits (before the child waits for work, or exits)."""
+        with self._lock:
+            self._send()
+
+    def _send(self) -> None:
+        """Send the waiting results (`_lock` held)."""
+        if not self._entries:
+            return
+        frames = [pickle.dumps(("results", self._entries), protocol=5), *self._frames]
+        self._entries, self._frames, self._bytes = [], [], 0
+        self._waiting.clear()
+        _remote.send_frames(self._sock, frames)
+
+    def _flusher(self) -> None:
+        while True:
+            self._waiting.wait()
+            time.sleep(FLUSH_AFTER)
+            with contextlib.suppress(OSError), self._lock:
+                self._send()
 
 
 def _die_with_parent(parent_pid: int | None, lifeline: socket.socket) -> None:
@@ -71,14 +180,7 @@ def _send(sock: socket.socket, envelope: tuple[Any, ...], payload: Any = None) -
 
 
 def _send_error(sock: socket.socket, tag: str, task_id: int, exc: BaseException) -> None:
-    error, text = _remote.exception_payload(exc)
-    try:
-        _send(sock, (tag, task_id), (error, text))
-    except Exception as why:  # the exception pickled, but its payload still did not
-        substitute, text = _remote.exception_payload(
-            pickle.PicklingError(f"{type(exc).__name__}: {exc} (could not be sent: {why})")
-        )
-        _send(sock, (tag, task_id), (substitute, text))
+    _remote.send_frames(sock, [pickle.dumps((tag, task_id), protocol=5), *_error_frames(exc)])
 
 
 def child_main(
@@ -117,67 +219,96 @@ def child_main(
             return
         bind(worker)
     _send(sock, ("ready", os.getpid(), threading.main_thread().ident))
+    slot = Slot(dump_path + ".slot")
+    outbox = Outbox(sock)
     fns: OrderedDict[int, Callable[..., Any]] = OrderedDict()
-    # Frames read early, behind the current one, with their envelopes, in order.
-    ahead: deque[tuple[Any, list[bytearray]]] = deque()
-    withdrawn: set[int] = set()  # ids of the current task or of tasks in `ahead`
-    while True:
-        try:
-            if ahead:
-                envelope, frames = ahead.popleft()
-            else:
-                frames = _remote.recv_frames(sock)
-                envelope = pickle.loads(frames[0])
-            # The tasks a "withdraw" read now may name; one for any other has run already.
-            coming = {e[1] for e, _ in ((envelope, frames), *ahead) if e[0] == "task"}
-            while select.select([sock], [], [], 0)[0]:  # what waits behind it, no wait
-                early = _remote.recv_frames(sock)
-                early_envelope = pickle.loads(early[0])
-                if early_envelope[0] == "withdraw":
-                    if early_envelope[1] in coming:
-                        withdrawn.add(early_envelope[1])
-                    continue
-                ahead.append((early_envelope, early))
-                if early_envelope[0] == "task":
-                    coming.add(early_envelope[1])
-        except (EOFError, OSError):
-            return  # the parent closed our socket, or is gone
+    # Tasks received and not started: (task id, function id, pickled function or None,
+    # argument frames), in the order sent.
+    tasks: deque[tuple[int, int, bytes | None, list[bytearray]]] = deque()
+
+    def read() -> bool:
+        """Take in one message; False on "stop"."""
+        frames = _remote.recv_frames(sock)
+        envelope = pickle.loads(frames[0])
         if envelope[0] == "stop":
-            return
+            return False
         if envelope[0] == "withdraw":
-            continue  # it came after its task had started
-        _tag, task_id, fn_id, fn_bytes = envelope
-        try:
-            if fn_bytes is not None:
-                fns[fn_id] = _load_function(fn_bytes)
-            fn = fns[fn_id]
-            fns.move_to_end(fn_id)
-            while len(fns) > FN_CACHE:
-                fns.popitem(last=False)
-            if task_id in withdrawn:
-                withdrawn.discard(task_id)
-                _send(sock, ("skipped", task_id))
-                continue
-            args, kwargs = _remote.loads(frames[1:])
+            # Only tasks still to come: one that ran has answered already.
+            unwanted = set(envelope[1])
+            for task in [t for t in tasks if t[0] in unwanted]:
+                tasks.remove(task)
+                outbox.add(task[0], "skipped", [], 0.0)
+            return True
+        at = 1
+        for task_id, fn_id, fn_bytes, count in envelope[1]:
+            tasks.append((task_id, fn_id, fn_bytes, frames[at : at + count]))
+            at += count
+        return True
+
+    try:
+        while True:
+            if not tasks:
+                outbox.flush()  # nothing left to run: what is done goes back now
+                if not read():
+                    break
+            # What waits behind it (no wait): more tasks, or a withdraw for some.
+            while select.select([sock], [], [], 0)[0]:
+                if not read():
+                    return
+            if not tasks:
+                continue  # all withdrawn
+            task_id, fn_id, fn_bytes, frames = tasks.popleft()
+            started = time.monotonic()
+            slot.write(task_id, started, True)
+            tag, payload = _run(fns, fn_id, fn_bytes, frames)
             del frames
-            result = fn(*args) if kwargs is None else fn(*args, **kwargs)
-        except BaseException as exc:
-            _send_error(sock, "err", task_id, exc)
-            continue
-        try:
-            payload = _remote.dumps(result)
-        except Exception as why:
-            error = pickle.PicklingError(
-                f"the result of this task, {_short_repr(result)}, could not be pickled to "
-                f"send it back from the worker process: {type(why).__name__}: {why}"
-            )
-            error.__cause__ = why
-            _send_error(sock, "err", task_id, error)
-            continue
-        del result
-        frames_out: list[bytes | memoryview] = [pickle.dumps(("ok", task_id), protocol=5)]
-        _remote.send_frames(sock, frames_out + payload)
-        del payload
+            slot.write(task_id, started, False)
+            outbox.add(task_id, tag, payload, time.monotonic() - started)
+            del payload
+        outbox.flush()
+    except (EOFError, OSError):
+        return  # the parent closed our socket, or is gone
+
+
+def _run(
+    fns: OrderedDict[int, Callable[..., Any]],
+    fn_id: int,
+    fn_bytes: bytes | None,
+    frames: list[bytearray],
+) -> tuple[str, list[bytes | memoryview]]:
+    """Run one task: ("ok", its pickled result) or ("err", its pickled exception)."""
+    try:
+        if fn_bytes is not None:
+            fns[fn_id] = _load_function(fn_bytes)
+        fn = fns[fn_id]
+        fns.move_to_end(fn_id)
+        while len(fns) > FN_CACHE:
+            fns.popitem(last=False)
+        args, kwargs = _remote.loads(frames)
+        del frames
+        result = fn(*args) if kwargs is None else fn(*args, **kwargs)
+    except BaseException as exc:
+        return "err", _error_frames(exc)
+    try:
+        return "ok", _remote.dumps(result)
+    except Exception as why:
+        error = pickle.PicklingError(
+            f"the result of this task, {_short_repr(result)}, could not be pickled to "
+            f"send it back from the worker process: {type(why).__name__}: {why}"
+        )
+        error.__cause__ = why
+        return "err", _error_frames(error)
+
+
+def _error_frames(exc: BaseException) -> list[bytes | memoryview]:
+    error, text = _remote.exception_payload(exc)
+    try:
+        return _remote.dumps((error, text))
+    except Exception as why:  # the exception pickled, but its payload still did not
+        substitute, text = _remote.exception_payload(
+            pickle.PicklingError(f"{type(exc).__name__}: {exc} (could not be sent: {why})")
+        )
+        return _remote.dumps((substitute, text))
 
 
 def _load_function(data: bytes) -> Callable[..., Any]:

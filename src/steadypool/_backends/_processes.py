@@ -5,28 +5,33 @@ Data flow::
     submit() --pickle now (errors surface at once)--> _pending --wake pipe--> manager
     manager --task frames--> child socket ... child --result frames--> manager
     manager --owner.put(outcome)--> the task's owner
-    watchdog --busy()/stack()/fail()--> child.running (fail() kills the child)
+    watchdog --busy()/stack()/fail()--> child slots, child.sent (fail() kills the child)
 
 Who owns what:
 
 * The manager thread owns the children: it spawns them, talks on their sockets, reaps
   and replaces them.  Spawning from the manager matters: Linux's PR_SET_PDEATHSIG
   follows the thread that forked, and the manager is the last of ours to end.
-* `_lock` guards `_pending`, `_closed`, `_broken` and every
-  `child.running`.  Whoever moves a `child.running` from a run to None owns that
-  run's outcome: the manager when its result or the child's death arrives, `fail()`
-  when the watchdog claims it.  So every item gets exactly one outcome.
-* Each child runs its tasks one at a time, in the order sent: `running`, then at most
-  one `queued` behind it (prefetched while tasks are short, so a child never waits for
-  the manager between two tiny tasks).  A dead child therefore names exactly one item
-  (`running`); its `queued` one never started and goes back to the queue as it was.
-  When a stream ends early, its thread (`withdraw()`) sends a "withdraw" frame for
-  each `queued` item its owner no longer wants; a child that finds it among the frames
-  waiting behind a task skips that task and answers "skipped".
+* `_lock` guards `_pending`, `_closed`, `_broken`, `_woken` and every `child.sent`.
+  Whoever takes a run out of a `child.sent` owns that run's outcome: the manager when
+  its result or the child's death arrives, `fail()` when the watchdog claims it.  So
+  every item gets exactly one outcome.
+* Each child runs its tasks one at a time, in the order sent (`child.sent`).  While
+  tasks are long it holds one; while they are short, as many as take AHEAD_TIME to
+  run (at most AHEAD_MAX), sent and answered in batches: one message for many tiny
+  tasks, so neither side wakes per item.  The child writes the task it starts into its
+  `Slot` (shared memory): the watchdog reads there which item runs and since when, and
+  a dead child names exactly the item its slot says was running.  The others in
+  `sent` go back to the queue as they were, including those that finished while their
+  results waited in the child's outbox (at most FLUSH_AFTER): those run again.
+  When a stream ends early, its thread (`withdraw()`) sends a "withdraw" frame naming
+  the items in `sent` its owner no longer wants; the child takes out those it has not
+  started and answers "skipped".
 
 What wakes the manager (one `multiprocessing.connection.wait` on all of them): a
 message or EOF on a child's socket, a child's sentinel (it ended), or a byte on the
-wake pipe (a new task, shutdown, `fail()`).  No polling.
+wake pipe (shutdown, `fail()`, or a new task when none is waiting for the manager
+already: `_woken`, so a burst of submits writes one byte).  No polling.
 """
 
 from __future__ import annotations
@@ -57,7 +62,7 @@ from .._records import SETUP, Busy, setup_busy
 from .._stats import WorkerStats, count_failure, per_worker
 from .._worker import Worker, describe
 from ._base import Backend, FunctionCache, Run, give_up_on_setup, take_runnable
-from ._child import FN_CACHE, child_main
+from ._child import FN_CACHE, Slot, child_main
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -75,7 +80,9 @@ _STACK_WAIT = 1.0  # seconds to wait for a child's faulthandler dump
 _START_FAILURES = 3  # consecutive deaths of one index before it runs a task: broken
 _pool_ids = itertools.count()
 _live_backends: set[ProcessBackend] = set()  # for the exit hook; guarded by the GIL
-_PREFETCH_BELOW = 0.005  # seconds: prefetch a second task while tasks average less
+_PREFETCH_BELOW = 0.005  # seconds: send tasks ahead while tasks average less than this
+AHEAD_TIME = 0.002  # seconds of work sent ahead to a child while tasks are short
+AHEAD_MAX = 64  # tasks sent ahead to a child, at most
 _ORDER = {"wake": 0, "message": 1, "died": 2}
 
 
@@ -106,11 +113,11 @@ class _Child:
         "main_ident",
         "pid",
         "process",
-        "queued",
         "ready",
-        "running",
         "send_lock",
+        "sent",
         "setup_started",
+        "slot",
         "sock",
         "waited",
         "worker",
@@ -125,8 +132,9 @@ class _Child:
         self.send_lock = threading.Lock()
         self.lifeline: socket.socket | None = None
         self.dump_path = ""
-        self.running: _Run | None = None  # the task the child is running
-        self.queued: _Run | None = None  # sent behind it, not started yet
+        # The tasks sent to the child and not answered, by task id, in the order sent.
+        self.sent: OrderedDict[int, _Run] = OrderedDict()
+        self.slot: Slot | None = None  # what it runs now (see the module docstring)
         self.fn_ids: OrderedDict[int, None] = OrderedDict()  # what the child has cached
         self.ready = False
         self.setup_started: float | None = None  # while the child runs setup(worker)
@@ -171,6 +179,7 @@ class ProcessBackend(Backend):
         self._workers = list(workers)
         self._lock = threading.Lock()
         self._pending: deque[_Run] = deque()
+        self._woken = False  # a wake byte is on its way for the tasks in `_pending`
         self._closed = False
         self._broken: BrokenPool | None = None
         self._fn_cache: FunctionCache[tuple[int, bytes]] = FunctionCache(FN_CACHE // 2)
@@ -242,7 +251,9 @@ class ProcessBackend(Backend):
             if self._broken is not None:
                 raise self._broken
             self._pending.append(run)
-        self._wake()
+            woken, self._woken = self._woken, True
+        if not woken:
+            self._wake()
 
     def shutdown(self, *, wait: bool, cancel: bool) -> None:
         with self._lock:
@@ -250,7 +261,7 @@ class ProcessBackend(Backend):
             dropped = []
             if cancel:
                 # What idle or starting workers take next still runs (Backend.shutdown).
-                busy = sum(1 for c in self._live.values() if c.running is not None)
+                busy = sum(1 for c in self._live.values() if c.sent)
                 free = max(0, len(self._workers) - busy)
                 while len(self._pending) > free:
                     dropped.append(self._pending.pop())
@@ -276,8 +287,8 @@ class ProcessBackend(Backend):
                 where = f"pid {child.pid}"
                 found.append(setup_busy(id(child), child.worker, started, where, (child, SETUP)))
                 continue
-            run = child.running
-            if run is None or child.doomed:
+            run = None if child.doomed else self._running(child)
+            if run is None:
                 continue
             key, owner = run.task[0], run.task[4]
             found.append(
@@ -293,9 +304,21 @@ class ProcessBackend(Backend):
             )
         return found
 
+    @staticmethod
+    def _running(child: _Child) -> _Run | None:
+        """The run `child` is running now, by its slot (None between tasks)."""
+        slot = child.slot
+        now = None if slot is None else slot.read()
+        if now is None or not now[2]:
+            return None
+        run = child.sent.get(now[0])
+        if run is not None:
+            run.started = now[1]
+        return run
+
     def stack(self, busy: Busy) -> str:
         child, run = busy.handle
-        current = SETUP if child.setup_started is not None else child.running
+        current = SETUP if child.setup_started is not None else self._running(child)
         if current is not run or not child.pid:
             return ""
         try:
@@ -319,17 +342,13 @@ class ProcessBackend(Backend):
         if run is SETUP:
             return self._fail_setup(busy, child, error, retry=retry)
         with self._lock:
-            if child.running is not run:
+            if child.doomed or child.sent.get(run.task_id) is not run:
                 return False  # finished (or died) first
-            child.running = None
             child.doomed = True
-            if child.queued is not None:  # never started: back to the queue as it was
-                self._pending.appendleft(child.queued)
-                child.queued = None
             requeue = retry and run.attempts <= self._retries
             if requeue:
                 run.attempts += 1
-                self._pending.appendleft(run)
+            self._take_back(child, None if requeue else run)
         with contextlib.suppress(ProcessLookupError, OSError):
             os.kill(child.pid, signal.SIGKILL)
         if requeue:
@@ -365,6 +384,14 @@ class ProcessBackend(Backend):
             os.kill(child.pid, signal.SIGKILL)
         self._wake()
         return True
+
+    def _take_back(self, child: _Child, failed: _Run | None) -> None:
+        """Put every run sent to `child` but `failed` back at the head of the queue, in
+        the order sent (`_lock` held): those behind never started, those before
+        finished but their results died with the child, and run again."""
+        back = [r for r in child.sent.values() if r is not failed]
+        child.sent.clear()
+        self._pending.extendleft(reversed(back))
 
     def counts(self) -> tuple[int, int]:
         return sum(c.items for c in self._children), len(self._pending)
@@ -410,7 +437,7 @@ class ProcessBackend(Backend):
 
     def _finished(self) -> bool:
         with self._lock:
-            idle = all(c.running is None and c.queued is None for c in self._live.values())
+            idle = all(not c.sent for c in self._live.values())
             return self._closed and not self._pending and idle
 
     def _spawn(self, worker: Worker) -> None:
@@ -425,6 +452,7 @@ class ProcessBackend(Backend):
         generation = sum(1 for c in self._children if c.worker.index == worker.index)
         child.dump_path = os.path.join(self._dump_dir, f"w{worker.index}.{generation}.stack")
         open(child.dump_path, "w").close()
+        child.slot = Slot.create(child.dump_path + ".slot")
         child.process = self._context.Process(
             target=child_main,
             args=(
@@ -449,51 +477,78 @@ class ProcessBackend(Backend):
         self._live[worker.index] = child
 
     def _dispatch(self) -> None:
-        prefetch = self._task_time < _PREFETCH_BELOW
+        ahead = self._ahead()
         for child in list(self._live.values()):
             if not child.ready or child.doomed:
                 continue
-            while child.running is None or (prefetch and child.queued is None):
-                with self._lock:
+            # Refill when half of what was sent ahead is answered: a batch per message.
+            if len(child.sent) > ahead // 2 and child.sent:
+                continue
+            batch: list[_Run] = []
+            with self._lock:
+                while len(child.sent) < ahead:
                     run = take_runnable(self._pending)
                     if run is None:
-                        return
-                    now = time.monotonic()
-                    if child.running is None:
-                        run.started = now
-                        child.running = run
-                    else:
-                        child.queued = run
-                child.waited += now - run.task[5]
-                self._send_task(child, run)
+                        break
+                    child.sent[run.task_id] = run
+                    batch.append(run)
+                empty = not self._pending
+                if empty:
+                    self._woken = False  # a later submit must wake the manager again
+            if batch:
+                now = time.monotonic()
+                for run in batch:
+                    child.waited += now - run.task[5]
+                self._send_tasks(child, batch)
+            if empty:
+                return
+
+    def _ahead(self) -> int:
+        """How many tasks a child holds: one while tasks are long, else AHEAD_TIME's
+        worth (at least two, so it never waits for the manager between tasks)."""
+        if self._task_time >= _PREFETCH_BELOW:
+            return 1
+        return max(2, min(AHEAD_MAX, int(AHEAD_TIME / max(self._task_time, 1e-7))))
 
     def withdraw(self) -> None:
-        """Ask children not to start the item queued behind their running one when its
-        owner no longer wants it; sent before this returns, so a child still busy with
-        the item ahead sees it in time."""
+        """Ask children not to start the items sent to them whose owners no longer want
+        them; sent before this returns, so a child still busy with an item ahead of
+        them sees it in time."""
         for child in list(self._live.values()):
             with self._lock:
-                run = child.queued
-                if run is None or run.withdrawn or run.task[4].wanted(run.task[0]):
-                    continue
-                run.withdrawn = True
+                unwanted = [
+                    run
+                    for run in child.sent.values()
+                    if not run.withdrawn and not run.task[4].wanted(run.task[0])
+                ]
+                for run in unwanted:
+                    run.withdrawn = True
+            if not unwanted:
+                continue
+            message = [pickle.dumps(("withdraw", [run.task_id for run in unwanted]))]
             with contextlib.suppress(OSError), child.send_lock:  # OSError: it died (_reap)
-                if child.sock is not None:  # else it is ending: _reap requeues the run
-                    _remote.send_frames(child.sock, [pickle.dumps(("withdraw", run.task_id))])
+                if child.sock is not None:  # else it is ending: _reap requeues the runs
+                    _remote.send_frames(child.sock, message)
 
-    def _send_task(self, child: _Child, run: _Run) -> None:
-        known = run.fn_id in child.fn_ids
-        child.fn_ids[run.fn_id] = None
-        child.fn_ids.move_to_end(run.fn_id)
-        while len(child.fn_ids) > FN_CACHE // 2:
-            child.fn_ids.popitem(last=False)
-        envelope = ("task", run.task_id, run.fn_id, None if known else run.fn_bytes)
+    def _send_tasks(self, child: _Child, runs: list[_Run]) -> None:
+        entries = []
+        frames: list[bytes | memoryview] = []
+        for run in runs:
+            known = run.fn_id in child.fn_ids
+            child.fn_ids[run.fn_id] = None
+            child.fn_ids.move_to_end(run.fn_id)
+            while len(child.fn_ids) > FN_CACHE // 2:
+                child.fn_ids.popitem(last=False)
+            entries.append(
+                (run.task_id, run.fn_id, None if known else run.fn_bytes, len(run.frames))
+            )
+            frames += run.frames
         try:
             assert child.sock is not None
             with child.send_lock:
-                _remote.send_frames(child.sock, [pickle.dumps(envelope), *run.frames])
+                _remote.send_frames(child.sock, [pickle.dumps(("tasks", entries)), *frames])
         except OSError:
-            pass  # the child died: its sentinel comes next and _reap handles the run
+            pass  # the child died: its sentinel comes next and _reap handles the runs
 
     def _receive(self, child: _Child) -> None:
         assert child.sock is not None
@@ -530,52 +585,59 @@ class ProcessBackend(Backend):
             broken.__cause__ = _remote.rebuild_exception(exc, text)
             self._break(broken)
             return
+        if tag[0] == "results":
+            self._results(child, tag[1], frames)
+
+    def _results(
+        self, child: _Child, entries: list[tuple[int, str, int, float]], frames: list[bytearray]
+    ) -> None:
+        """Deliver a batch of outcomes, in the order the child ran them."""
         finished = time.monotonic()
-        with self._lock:
-            run = child.running
-            if run is None or run.task_id != tag[1]:
-                return  # claimed by the watchdog meanwhile: its outcome is delivered
-            child.running, child.queued = child.queued, None
-            if child.running is not None:
-                child.running.started = finished  # the child starts it right away
-        if tag[0] == "skipped":
-            return  # withdrawn before it started: its owner waits for nothing
-        self._task_time = 0.8 * self._task_time + 0.2 * (finished - run.started)
-        child.busy += finished - run.started
-        child.items += 1
-        self.last_done = finished
-        key, owner = run.task[0], run.task[4]
-        try:
-            value = _remote.loads(frames[1:])
-        except Exception as why:
-            child.failed += 1
-            error = pickle.UnpicklingError(
-                f"the {'result' if tag[0] == 'ok' else 'exception'} sent back by "
-                f"{describe(child.worker.index, child.worker.device)} could not be "
-                f"unpickled here: {type(why).__name__}: {why}"
-            )
-            owner.put((key, False, error, child.worker))
-            return
-        if tag[0] == "ok":
-            owner.put((key, True, value, child.worker))
-        else:
-            child.failed += 1
-            exc, text = value
-            owner.put((key, False, _remote.rebuild_exception(exc, text), child.worker))
+        at = 1
+        for task_id, tag, count, took in entries:
+            payload = frames[at : at + count]
+            at += count
+            with self._lock:
+                run = None if child.doomed else child.sent.pop(task_id, None)
+            if run is None or tag == "skipped":
+                # Claimed by the watchdog meanwhile (its outcome is delivered), or
+                # withdrawn before it started (its owner waits for nothing).
+                continue
+            self._task_time = 0.8 * self._task_time + 0.2 * took
+            run.started = finished - took
+            child.busy += took
+            child.items += 1
+            self.last_done = finished
+            key, owner = run.task[0], run.task[4]
+            try:
+                value = _remote.loads(payload)
+            except Exception as why:
+                child.failed += 1
+                error = pickle.UnpicklingError(
+                    f"the {'result' if tag == 'ok' else 'exception'} sent back by "
+                    f"{describe(child.worker.index, child.worker.device)} could not be "
+                    f"unpickled here: {type(why).__name__}: {why}"
+                )
+                owner.put((key, False, error, child.worker))
+                continue
+            if tag == "ok":
+                owner.put((key, True, value, child.worker))
+            else:
+                child.failed += 1
+                exc, text = value
+                owner.put((key, False, _remote.rebuild_exception(exc, text), child.worker))
+            del value, payload
 
     def _reap(self, child: _Child) -> None:
         """A child ended: fail or retry its item, and start a replacement."""
         child.process.join(_JOIN_SLICE)
         exitcode = child.process.exitcode
         with self._lock:
-            run, child.running = child.running, None
-            if child.queued is not None:  # never started: back to the queue as it was
-                self._pending.appendleft(child.queued)
-                child.queued = None
+            run = self._running(child)  # the item it died running, if any
             requeue = run is not None and run.attempts <= self._retries
             if run is not None and requeue:
                 run.attempts += 1
-                self._pending.appendleft(run)
+            self._take_back(child, None if requeue else run)
         self._close_child(child)
         del self._live[child.worker.index]
         crash: WorkerCrashed | None = None
@@ -638,8 +700,12 @@ class ProcessBackend(Backend):
                 if sock is not None:
                     sock.close()
             child.sock = child.lifeline = None
-        with contextlib.suppress(OSError):
-            os.unlink(child.dump_path)
+        if child.slot is not None:
+            child.slot.close()
+            child.slot = None
+        for path in (child.dump_path, child.dump_path + ".slot"):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
 
     def _stop_children(self) -> None:
         """Ask every child to stop, then kill what has not exited in time (manager only)."""
@@ -657,13 +723,12 @@ class ProcessBackend(Backend):
             self._close_child(child)
             # Items still running when the pool gave up on them (e.g. shutdown by a
             # failed manager) must not leave their owners waiting.
-            for run in (child.running, child.queued):
-                if run is not None:
-                    stopped = WorkerCrashed(
-                        f"the pool {self.name!r} stopped while the item was running"
-                    )
-                    run.task[4].put((run.task[0], False, stopped, None))
-            child.running = child.queued = None
+            for run in child.sent.values():
+                stopped = WorkerCrashed(
+                    f"the pool {self.name!r} stopped while the item was running"
+                )
+                run.task[4].put((run.task[0], False, stopped, None))
+            child.sent.clear()
         self._live.clear()
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
