@@ -653,13 +653,21 @@ def test_abandoning_imap_cancels_queued_tasks(backend: str, how: str, tmp_path: 
     assert len(journal.read()) <= 4 + 20 + 1
 
 
-def test_shutdown_cancel_futures_wakes_a_waiting_stream(backend: str, tmp_path: Path) -> None:
-    """A stream whose queued items are cancelled by shutdown raises CancelledError,
-    after delivering what was already running."""
+@pytest.mark.parametrize("kind", ["imap", "map"])
+def test_shutdown_cancel_futures_wakes_a_waiting_stream(
+    backend: str, kind: str, tmp_path: Path
+) -> None:
+    """A stream (or a map, as with the stdlib executors) whose queued items are
+    cancelled by shutdown raises CancelledError at their turn, after delivering what
+    was already running."""
     gate = Gate(tmp_path / "gate")
     pool = sp.Pool(1, backend=backend)
-    results = pool.imap(lambda x: x if x == 0 else gate.wait(WAIT) and x, range(10), window=5)
-    assert next(results) == 0  # now 1 runs (blocked on the gate) and 2..5 are queued
+
+    def task(x: int) -> int:
+        return x if x == 0 else gate.wait(WAIT) and x
+
+    results = pool.imap(task, range(10), window=5) if kind == "imap" else pool.map(task, range(10))
+    assert next(results) == 0  # now 1 runs (blocked on the gate) and the rest are queued
     got: list[int] = []
     errors: list[BaseException] = []
 

@@ -1,23 +1,31 @@
-"""`Pool.map` helpers: running a chunk of items in a worker, yielding results in order."""
+"""`Pool.map` helpers: yielding results in order, one item per task or in chunks.
+
+Data flow of ``map(chunksize=1)``: every item is submitted at the call (the Executor
+contract), as a task owned by one `StreamOwner`, whose queue the consumer alone reads
+and reorders (no Future per item); workers only put outcomes onto it.  With a chunksize,
+each chunk is a task with a Future (`run_chunk`).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import time
 from concurrent.futures import CancelledError
+from queue import Empty
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._exceptions import WorkerCrashed, add_task_note
-from ._stream import SIGNAL_SLICE
+from ._stream import FATAL, SIGNAL_SLICE, StreamOwner
 from ._worker import current_worker
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Generator
     from concurrent.futures import Future
 
-__all__ = ["map_results", "run_chunk"]
+__all__ = ["map_outcomes", "map_results", "run_chunk"]
 
 T = TypeVar("T")
+_LATE = "steadypool: the next map() result was not ready in time"
 
 
 def run_chunk(
@@ -38,6 +46,58 @@ def run_chunk(
     return results, None
 
 
+def map_outcomes(
+    owner: StreamOwner,
+    count: int,
+    end: float | None,
+    *,
+    keepalive: object = None,
+    withdraw: Callable[[], None] | None = None,
+) -> Generator[Any, None, None]:
+    """Yield the results of `count` submitted items (keys 0..count-1) in order, raising
+    an item's exception when its turn comes; what is not started when the generator is
+    closed is skipped (`owner.cancelled`).  `keepalive` is held while it runs (the Pool);
+    `withdraw` is called when it ends with items in flight."""
+    get = owner.results.get
+    buffer: dict[int, Any] = {}  # outcomes that arrived before their turn
+    out: list[Any] = []  # the result being handed out (emptied by the yield)
+    position = 0
+    try:
+        while position < count:
+            outcome = buffer.pop(position, None)
+            while outcome is None:
+                # Wake-up path: every submitted item ends in an outcome or a drop.
+                step = SIGNAL_SLICE
+                if end is not None:
+                    step = min(step, end - time.monotonic())
+                    if step <= 0:
+                        raise TimeoutError(_LATE)
+                try:
+                    arrived = get(True, step)
+                except Empty:
+                    continue
+                if arrived[0] == position:
+                    outcome = arrived
+                else:
+                    buffer[arrived[0]] = arrived
+                del arrived
+            key, ok, value, worker = outcome
+            del outcome
+            position += 1
+            if not ok:
+                if not isinstance(value, FATAL):
+                    add_task_note(value, key, worker)
+                raise value
+            out.append(value)
+            del value
+            yield out.pop()  # nothing handed out stays referenced by this frame
+    finally:
+        owner.cancelled = True
+        if withdraw is not None and position < count:
+            withdraw()
+        del keepalive
+
+
 def _wait_for(future: Future[Any], end: float | None) -> None:
     """Wait until `future` is done (TimeoutError past `end`), in slices, so that Ctrl-C
     handed by the kernel to another thread is still acted on within a slice."""
@@ -46,7 +106,7 @@ def _wait_for(future: Future[Any], end: float | None) -> None:
         if end is not None:
             remaining = end - time.monotonic()
             if remaining <= 0:
-                raise TimeoutError("steadypool: the next map() result was not ready in time")
+                raise TimeoutError(_LATE)
             step = min(step, remaining)
         with contextlib.suppress(TimeoutError, CancelledError):
             future.exception(step)  # returns once done; the caller reads the outcome

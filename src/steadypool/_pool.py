@@ -21,14 +21,14 @@ from ._backends import get_backend
 from ._devices import check_available, parse_devices
 from ._exceptions import add_task_note
 from ._exit import DEFAULT_STALL_TIMEOUT
-from ._map import map_results, run_chunk
+from ._map import map_outcomes, map_results, run_chunk
 from ._stats import PoolStats
-from ._stream import run_stream
+from ._stream import StreamOwner, run_stream
 from ._watchdog import Monitor, Watchdog
 from ._worker import Worker
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Generator, Iterable, Sequence
+    from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
     from types import TracebackType
     from typing import ParamSpec, Self
 
@@ -359,8 +359,7 @@ class Pool(Executor):
         argtuples = zip(*iterables, strict=False)
         futures: list[Future[Any]]
         if chunksize == 1:
-            futures = [self._submit_at(pos, fn, args) for pos, args in enumerate(argtuples)]
-            return map_results(futures, end)
+            return self._map_items(fn, argtuples, end)
         futures = []
         chunks: list[tuple[int, list[tuple[Any, ...]]]] = []
         start = 0
@@ -371,6 +370,24 @@ class Pool(Executor):
         return map_results(
             futures, end, chunks=chunks, resubmit=lambda pos, args: self._submit_at(pos, fn, args)
         )
+
+    def _map_items(
+        self, fn: Callable[..., T], argtuples: Iterator[tuple[Any, ...]], end: float | None
+    ) -> Generator[T, None, None]:
+        """`map` with one task per item: all submitted now, under one owner."""
+        if _exit.exiting:
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+        owner = StreamOwner()
+        submit = self._backend.submit
+        count = 0
+        try:
+            for args in argtuples:
+                submit((count, fn, args, None, owner, time.monotonic()))
+                count += 1
+        except BaseException:
+            owner.cancelled = True  # nobody can have their results
+            raise
+        return map_outcomes(owner, count, end, keepalive=self, withdraw=self._backend.withdraw)
 
     @overload
     def imap(

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
     from ._records import Outcome, Task
 
-__all__ = ["SIGNAL_SLICE", "StreamOwner", "run_stream"]
+__all__ = ["FATAL", "SIGNAL_SLICE", "StreamOwner", "run_stream"]
 
 
 class StreamOwner:
@@ -88,7 +88,7 @@ ADAPTIVE_BYTES = 64 << 20
 SLOW_READ = 1e-3
 
 # Failures of the pool rather than of a task: raised whatever on_error says.
-_FATAL = (BrokenPool, StallError, CancelledError)
+FATAL = (BrokenPool, StallError, CancelledError)
 
 
 def _take(out: list[Any], batched: bool) -> Any:
@@ -225,7 +225,7 @@ def run_stream(
                     outcome = window.pop()
                 key, ok, value, worker = outcome
                 if not ok:
-                    if isinstance(value, _FATAL):
+                    if isinstance(value, FATAL):
                         raise value  # the pool, not the task, failed: never a result
                     add_task_note(value, key, worker)
                     if raise_errors:

@@ -46,7 +46,7 @@ _MIN_TICK, _MAX_TICK = 0.01, 0.5  # seconds between monitor checks, clamped
 _RESULT_WAITS = (
     ("concurrent/futures/_base.py", ("result", "wait", "as_completed", "exception")),
     ("steadypool/_stream.py", ("run_stream",)),
-    ("steadypool/_map.py", ("map_results",)),
+    ("steadypool/_map.py", ("map_results", "map_outcomes")),
     ("steadypool/compat.py", ("pop_results",)),
 )
 
