@@ -441,28 +441,3 @@ def test_a_crash_among_many_tiny_items_names_its_own_item(fault: str, workers: i
     assert "item 2000" in str(out[2000])
     assert [x for i, x in enumerate(out) if i != 2000] == [x for x in range(3000) if x != 2000]
     assert (stats.done, stats.failed, stats.replaced) == (3000, 1, 1)
-
-
-def _gated(x: int, gate: Gate | None) -> int:
-    if gate is not None:
-        assert gate.wait(WAIT)
-    return x
-
-
-def test_results_before_a_long_task_are_not_held_back(tmp_path: Path) -> None:
-    """Results of short tasks go back in batches, but none waits for the next task to
-    end: with tiny tasks queued in the child between two long ones, the tiny ones'
-    futures complete while the second long one still runs."""
-    first, second = Gate(tmp_path / "first"), Gate(tmp_path / "second")
-    with sp.Pool(1, backend="processes") as pool:
-        assert list(pool.map(_gated, range(500), [None] * 500)) == list(range(500))
-        head = pool.submit(_gated, -1, first)  # the child holds it and what follows
-        tiny = [pool.submit(_gated, i, None) for i in range(50)]
-        tail = pool.submit(_gated, -2, second)
-        first.set()
-        try:
-            assert [f.result(timeout=WAIT) for f in tiny] == list(range(50))
-            assert not tail.done()
-        finally:
-            second.set()
-        assert (head.result(timeout=WAIT), tail.result(timeout=WAIT)) == (-1, -2)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -253,3 +254,22 @@ def test_losing_nodes_of_a_cluster_keeps_the_pool_going() -> None:
     replaced, failed = done.stdout.split()[1::2]
     assert int(replaced) >= 1
     assert int(failed) == 0
+
+
+def _exit_at(x: int, at: int) -> int:
+    if x == at:
+        __import__("os")._exit(3)
+    return x
+
+
+def test_a_crash_in_a_batch_of_tiny_items_names_its_own_item() -> None:
+    """Tiny items go to actors in batches; when an actor dies in one, its items run
+    again one per call, so the crash names its own item and every other item is
+    delivered once, in order."""
+    with sp.Pool(2, backend="ray") as pool:
+        out = list(pool.imap(partial(_exit_at, at=2000), range(3000), on_error="return"))
+        stats = pool.stats()
+    assert isinstance(out[2000], sp.WorkerCrashed)
+    assert "item 2000" in str(out[2000])
+    assert [x for i, x in enumerate(out) if i != 2000] == [x for x in range(3000) if x != 2000]
+    assert (stats.done, stats.failed) == (3000, 1)

@@ -810,3 +810,28 @@ def test_progress_bar_counts_items_with_total(
         assert len(list(pool.imap_batches(square, list(range(12)), 5))) == 3
     err = capsys.readouterr().err
     assert "12/12" in err
+
+
+def _gated(x: int, gate: Gate | None) -> int:
+    if gate is not None:
+        assert gate.wait(WAIT)
+    return x
+
+
+def test_results_before_a_long_task_are_not_held_back(backend: str, tmp_path: Path) -> None:
+    """Results of short tasks travel in batches (processes, Ray), but none waits for
+    the next task to end: with tiny tasks sent to the worker between two long ones, the
+    tiny ones' futures complete while the second long one still runs."""
+    first, second = Gate(tmp_path / "first"), Gate(tmp_path / "second")
+    with sp.Pool(1, backend=backend) as pool:
+        assert list(pool.map(_gated, range(500), [None] * 500)) == list(range(500))
+        head = pool.submit(_gated, -1, first)  # the child holds it and what follows
+        tiny = [pool.submit(_gated, i, None) for i in range(50)]
+        tail = pool.submit(_gated, -2, second)
+        first.set()
+        try:
+            assert [f.result(timeout=WAIT) for f in tiny] == list(range(50))
+            assert not tail.done()
+        finally:
+            second.set()
+        assert (head.result(timeout=WAIT), tail.result(timeout=WAIT)) == (-1, -2)
