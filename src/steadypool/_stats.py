@@ -10,7 +10,7 @@ if TYPE_CHECKING:
 
     from ._worker import Worker
 
-__all__ = ["PoolStats", "WorkerStats", "count_failure", "per_worker"]
+__all__ = ["PoolStats", "WorkerRecord", "WorkerStats", "count_failure", "per_worker"]
 
 
 @final
@@ -78,7 +78,7 @@ class PoolStats:
         return sum(w.busy_seconds for w in self.workers)
 
 
-class _Record(Protocol):
+class WorkerRecord(Protocol):
     """What a backend keeps per worker it ran (a thread, a process, an actor)."""
 
     worker: Worker
@@ -88,7 +88,7 @@ class _Record(Protocol):
     waited: float
 
 
-def count_failure(record: _Record, started: float, now: float) -> None:
+def count_failure(record: WorkerRecord, started: float, now: float) -> None:
     """Count an item that failed without a result from its worker (a timeout, a stall,
     a crash) on the record of the worker that ran it."""
     record.items += 1
@@ -96,7 +96,9 @@ def count_failure(record: _Record, started: float, now: float) -> None:
     record.busy += now - started
 
 
-def per_worker(workers: Iterable[Worker], records: Iterable[_Record]) -> tuple[WorkerStats, ...]:
+def per_worker(
+    workers: Iterable[Worker], records: Iterable[WorkerRecord]
+) -> tuple[WorkerStats, ...]:
     """Sum the records of each worker index (a replaced worker leaves several)."""
     records = list(records)
     stats = []

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
     from .._exceptions import BrokenPool
     from .._records import Busy, Task
-    from .._stats import WorkerStats
+    from .._stats import WorkerRecord, WorkerStats
     from .._worker import Worker
 
 __all__ = ["Backend", "FunctionCache", "Run", "give_up_on_setup", "take_runnable"]
@@ -180,6 +180,19 @@ class Backend(ABC):
         start_method: str | None = None,
         address: str | None = None,
     ) -> None: ...
+
+    # Moving average of item durations, for backends that send items ahead in batches
+    # while items are short (processes, Ray); updated where outcomes arrive.
+    _task_time: float = 1.0
+
+    def _count_done(self, record: WorkerRecord, run: Run, finished: float, took: float) -> None:
+        """Account for an item a worker ran in `took` seconds, its outcome arriving at
+        `finished` (stats, the moving average, the watchdog's progress clock)."""
+        self._task_time = 0.8 * self._task_time + 0.2 * took
+        run.started = finished - took
+        record.busy += took
+        record.items += 1
+        self.last_done = finished
 
     def prepare(self, fn: Callable[..., Any]) -> None:  # noqa: B027 - optional hook
         """Check, before any work starts, that `fn` can run here (e.g. can be pickled).

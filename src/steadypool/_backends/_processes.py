@@ -188,7 +188,6 @@ class ProcessBackend(Backend):
         self._live: dict[int, _Child] = {}  # worker index -> its current child
         self._start_failures: dict[int, int] = {}
         self._setup_kills: dict[int, int] = {}  # index -> setups killed by the watchdog
-        self._task_time = 1.0  # moving average of task durations (manager only)
         self._dump_dir = tempfile.mkdtemp(prefix="steadypool-")
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -603,11 +602,7 @@ class ProcessBackend(Backend):
                 # Claimed by the watchdog meanwhile (its outcome is delivered), or
                 # withdrawn before it started (its owner waits for nothing).
                 continue
-            self._task_time = 0.8 * self._task_time + 0.2 * took
-            run.started = finished - took
-            child.busy += took
-            child.items += 1
-            self.last_done = finished
+            self._count_done(child, run, finished, took)
             key, owner = run.task[0], run.task[4]
             try:
                 value = _remote.loads(payload)

@@ -293,7 +293,6 @@ class RayBackend(Backend):
         self._lock = threading.RLock()
         self._idle = threading.Condition(self._lock)
         self._pending: deque[_Run] = deque()
-        self._task_time = 1.0  # moving average of item durations (callbacks only)
         self._closed = False
         self._disconnected = False
         self._broken: BrokenPool | None = None
@@ -498,11 +497,7 @@ class RayBackend(Backend):
         for run, (_, tag, value, took) in mine:
             if tag == "skipped":
                 continue  # withdrawn: its owner waits for nothing
-            self._task_time = 0.8 * self._task_time + 0.2 * took
-            run.started = finished - took
-            slot.busy += took
-            slot.items += 1
-            self.last_done = finished
+            self._count_done(slot, run, finished, took)
             key, owner = run.task[0], run.task[4]
             if tag == "ok":
                 owner.put((key, True, value, slot.worker))
