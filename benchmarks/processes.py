@@ -137,7 +137,12 @@ CHUNKED: dict[str, Runner] = {
     "mpire imap (auto chunks)": mpire(None),
     "steadypool map chunksize=64": steady("map", 64),
     "steadypool imap_batches 64": steady("batches", 64),
+    # With no chunk size at all, beside the auto-chunking peer:
+    "steadypool map, defaults": steady("map"),
+    "steadypool imap, defaults": steady("imap"),
 }
+if ray is not None:
+    CHUNKED["steadypool backend=ray imap, defaults"] = steady("imap", None, "ray")
 
 
 def round_robin(
