@@ -18,8 +18,10 @@ from steadypool._window import Window
 def test_window_hands_out_every_item_once_in_order_within_capacity(
     capacity: int, total: int, ordered: bool, data: st.DataObject
 ) -> None:
-    """Whatever order results arrive in, all come out once, in order if asked, and the
-    window never holds more than `capacity` items read and not handed out."""
+    """Whatever order results arrive in, and whether they are stored (`add`) or offered
+    (`offer`, which hands back one whose turn it is without storing it), all come out
+    once, in order if asked, and the window never holds more than `capacity` items
+    read and not handed out."""
     window: Window[tuple[int]] = Window(capacity, ordered=ordered)
     pending: list[int] = []  # submitted, not yet finished
     out: list[int] = []
@@ -29,13 +31,19 @@ def test_window_hands_out_every_item_once_in_order_within_capacity(
             pending.append(window.take_key())
             read += 1
         assert window.read - window.handed <= capacity
+        assert window.room() == capacity - (window.read - window.handed)
+        assert window.has_room() == (window.room() > 0)
         assert window.held <= capacity
         result = window.pop()
         if result is None:
             assert pending, "nothing pending, yet nothing ready: the window stalled"
             finished = pending.pop(data.draw(st.integers(0, len(pending) - 1)))
-            window.add(finished, (finished,))
-            continue
+            if data.draw(st.booleans()):
+                window.add(finished, (finished,))
+                continue
+            result = window.offer(finished, (finished,))
+            if result is None:
+                continue
         out.append(result[0])
         window.hand_out()
     assert sorted(out) == list(range(total))

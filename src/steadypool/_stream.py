@@ -221,8 +221,7 @@ def run_stream(
                         arrived = get(True, SIGNAL_SLICE)
                     except Empty:
                         continue
-                    window.add(arrived[0], arrived)
-                    outcome = window.pop()
+                    outcome = window.offer(arrived[0], arrived)
                 key, ok, value, worker = outcome
                 if not ok:
                     if isinstance(value, FATAL):
@@ -237,8 +236,10 @@ def run_stream(
             if adaptive and window.handed - checked_count >= window.capacity:
                 value_size = sys.getsizeof(out[-1])
                 adapt()
-            if not slow_read:
-                refill()  # before the yield: the workers stay busy while the consumer works
+            if not slow_read and (not adaptive or window.room() >= window.capacity // 8):
+                # Before the yield: the workers stay busy while the consumer works.  A
+                # grown window is topped up an eighth at a time (7/8 stay queued).
+                refill()
             if progress is not None:
                 progress.update(len(out))
             yield _take(out, batched)  # empties `out`: the consumer holds what it got

@@ -43,6 +43,10 @@ class Window(Generic[T]):
         """Whether one more item may be read from the input."""
         return self.read - self.handed < self.capacity
 
+    def room(self) -> int:
+        """How many more items may be read from the input now."""
+        return self.capacity - (self.read - self.handed)
+
     def take_key(self) -> int:
         """Account for one item read from the input and return its key."""
         key = self.read
@@ -55,6 +59,14 @@ class Window(Generic[T]):
             self._buffer[key] = result
         else:
             self._arrived.append(result)
+
+    def offer(self, key: int, result: T) -> T | None:
+        """`add` then `pop`, without storing a result whose turn it is."""
+        if not self.ordered or key == self.popped:
+            self.popped += 1
+            return result
+        self._buffer[key] = result
+        return None
 
     def pop(self) -> T | None:
         """Take the next result that may be handed out, or None if it has not arrived."""
