@@ -835,3 +835,32 @@ def test_results_before_a_long_task_are_not_held_back(backend: str, tmp_path: Pa
         finally:
             second.set()
         assert (head.result(timeout=WAIT), tail.result(timeout=WAIT)) == (-1, -2)
+
+
+def _gated_or_echo(x: Any, gate: Gate | None) -> Any:
+    if gate is not None:
+        assert gate.wait(WAIT)
+    return x
+
+
+def test_a_delivered_item_keeps_no_reference_to_its_arguments(backend: str, tmp_path: Path) -> None:
+    """Items sent to a worker in a batch (processes, Ray): once an item's outcome is
+    delivered, the pool lets go of its arguments, though a long item of the same batch
+    still runs."""
+    gate = Gate(tmp_path / "gate")
+    with sp.Pool(1, backend=backend) as pool:
+        assert list(pool.map(_gated_or_echo, range(500), [None] * 500)) == list(range(500))
+        blocker = pool.submit(_gated_or_echo, 0, None)  # a short one, then the batch:
+        args = [Model(i) for i in range(20)]
+        refs = [weakref.ref(a) for a in args]
+        tiny = [pool.submit(_gated_or_echo, a, None) for a in args]
+        tail = pool.submit(_gated_or_echo, -1, gate)
+        try:
+            assert blocker.result(timeout=WAIT) == 0
+            assert [f.result(timeout=WAIT).value for f in tiny] == list(range(20))
+            del args, tiny
+            assert all(collected(ref) for ref in refs)
+            assert not tail.done()
+        finally:
+            gate.set()
+        assert tail.result(timeout=WAIT) == -1

@@ -210,6 +210,10 @@ class _Actor:
         return "".join(traceback.format_stack(frame))
 
 
+def _spent() -> None:
+    """Stands for the function of an item whose outcome is delivered."""
+
+
 class _Run(Run):
     """A `Run` that may have to go alone in a call (after its batch's actor died)."""
 
@@ -494,6 +498,10 @@ class RayBackend(Backend):
                 if not run.closed:
                     run.closed = True
                     mine.append((run, outcome))
+                    # Its batch may run on: keep its key, not its function or arguments.
+                    task = run.task
+                    run.task = (task[0], _spent, (), None, task[4], task[5])
+        del by_id
         for run, (_, tag, value, took) in mine:
             if tag == "skipped":
                 continue  # withdrawn: its owner waits for nothing
