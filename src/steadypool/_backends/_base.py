@@ -29,6 +29,8 @@ from abc import ABC, abstractmethod
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
+from .. import _remote
+
 if TYPE_CHECKING:
     from collections import deque
     from collections.abc import Callable, Sequence
@@ -193,6 +195,19 @@ class Backend(ABC):
         record.busy += took
         record.items += 1
         self.last_done = finished
+
+    @staticmethod
+    def _hand_over(record: WorkerRecord, run: Run, ok: bool, value: Any) -> None:
+        """Give the owner of `run` what its worker sent back: the result, or (not `ok`)
+        the exception payload (exception, traceback text), rebuilt with its traceback
+        as the cause."""
+        key, owner = run.task[0], run.task[4]
+        if ok:
+            owner.put((key, True, value, record.worker))
+            return
+        record.failed += 1
+        exc, text = value
+        owner.put((key, False, _remote.rebuild_exception(exc, text), record.worker))
 
     def prepare(self, fn: Callable[..., Any]) -> None:  # noqa: B027 - optional hook
         """Check, before any work starts, that `fn` can run here (e.g. can be pickled).

@@ -603,7 +603,6 @@ class ProcessBackend(Backend):
                 # withdrawn before it started (its owner waits for nothing).
                 continue
             self._count_done(child, run, finished, took)
-            key, owner = run.task[0], run.task[4]
             try:
                 value = _remote.loads(payload)
             except Exception as why:
@@ -613,14 +612,9 @@ class ProcessBackend(Backend):
                     f"{describe(child.worker.index, child.worker.device)} could not be "
                     f"unpickled here: {type(why).__name__}: {why}"
                 )
-                owner.put((key, False, error, child.worker))
+                run.task[4].put((run.task[0], False, error, child.worker))
                 continue
-            if tag == "ok":
-                owner.put((key, True, value, child.worker))
-            else:
-                child.failed += 1
-                exc, text = value
-                owner.put((key, False, _remote.rebuild_exception(exc, text), child.worker))
+            self._hand_over(child, run, tag == "ok", value)
             del value, payload
 
     def _reap(self, child: _Child) -> None:

@@ -506,13 +506,7 @@ class RayBackend(Backend):
             if tag == "skipped":
                 continue  # withdrawn: its owner waits for nothing
             self._count_done(slot, run, finished, took)
-            key, owner = run.task[0], run.task[4]
-            if tag == "ok":
-                owner.put((key, True, value, slot.worker))
-            else:
-                slot.failed += 1
-                remote, text = value
-                owner.put((key, False, _remote.rebuild_exception(remote, text), slot.worker))
+            self._hand_over(slot, run, tag == "ok", value)
         del mine
 
     def _claim(self, batch: list[_Run], spare: _Run | None = None) -> list[_Run]:
