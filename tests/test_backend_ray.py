@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import threading
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -273,3 +274,38 @@ def test_a_crash_in_a_batch_of_tiny_items_names_its_own_item() -> None:
     assert "item 2000" in str(out[2000])
     assert [x for i, x in enumerate(out) if i != 2000] == [x for x in range(3000) if x != 2000]
     assert (stats.done, stats.failed) == (3000, 1)
+
+
+def _pause_or_gate(x: int, gate: Gate) -> int:
+    if x == 200:
+        __import__("time").sleep(0.1)  # the workload: an item longer than a first drain
+    if x == 250:
+        assert gate.wait(WAIT)
+    return x
+
+
+def test_a_long_batch_is_drained_again_and_again(tmp_path: Path) -> None:
+    """A batch that runs on is drained repeatedly, not once: in a batch of tiny items,
+    those behind a 0.1 s one finish after the batch's first drain and still arrive
+    while a later item of the batch waits (for the consumer to have them).  (Batches
+    reach 256 items after the first few dozen, so items 200 and 250 share one.)"""
+    gate = Gate(tmp_path / "gate")
+    released_by: list[str] = []
+
+    def release(who: str) -> None:
+        if not gate.is_set():
+            released_by.append(who)
+            gate.set()
+
+    safety = threading.Timer(20.0, release, ("timer",))  # never a hang, only a failure
+    safety.start()
+    try:
+        with sp.Pool(1, backend="ray") as pool:
+            task = partial(_pause_or_gate, gate=gate)
+            for result in pool.imap(task, range(600), window=1024):
+                if result == 249:
+                    release("consumer")
+    finally:
+        safety.cancel()
+        safety.join(WAIT)
+    assert released_by == ["consumer"]

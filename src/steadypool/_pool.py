@@ -50,6 +50,12 @@ def _default_workers() -> int:
     return min(32, (os.cpu_count() or 1) + 4)
 
 
+def _refuse_at_exit() -> None:
+    """No new work once the interpreter is exiting (as `concurrent.futures` says)."""
+    if _exit.exiting:
+        raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+
+
 def _check_int(name: str, value: object, minimum: int, meaning: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int >= {minimum} ({meaning}), got {value!r}")
@@ -325,8 +331,7 @@ class Pool(Executor):
         args: tuple[Any, ...],
         kwargs: dict[str, Any] | None = None,
     ) -> Future[T]:
-        if _exit.exiting:
-            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+        _refuse_at_exit()
         future: Future[T] = Future()
         self._backend.submit(((future, position), fn, args, kwargs, _FUTURES, time.monotonic()))
         return future
@@ -375,8 +380,7 @@ class Pool(Executor):
         self, fn: Callable[..., T], argtuples: Iterator[tuple[Any, ...]], end: float | None
     ) -> Generator[T, None, None]:
         """`map` with one task per item: all submitted now, under one owner."""
-        if _exit.exiting:
-            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+        _refuse_at_exit()
         owner = StreamOwner()
         submit = self._backend.submit
         count = 0

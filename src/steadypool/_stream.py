@@ -11,8 +11,8 @@ that reads the input, touches the `Window` or reads `_results`.  Workers only pu
 `_results` and read `StreamOwner.cancelled`, which only the consumer sets (once, when
 the stream ends for any reason: exhausted, error, break, close() or garbage collection).
 A worker that reads it as set skips the task, so abandoning a stream cancels what is
-queued; only items a backend has already sent ahead to a worker (processes) need to be
-told, which `withdraw` does once the flag is set.  The frame keeps nothing it handed
+queued; only items a backend has already sent ahead to a worker (processes, Ray) need
+to be told, which `withdraw` does once the flag is set.  The frame keeps nothing it handed
 out while suspended at a yield (`_take`).
 
 What wakes the consumer: the outcome of each task it submitted.  By the backend

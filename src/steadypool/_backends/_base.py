@@ -221,7 +221,7 @@ class Backend(ABC):
     def withdraw(self) -> None:  # noqa: B027 - optional hook
         """An owner stopped wanting some of its items (a stream ended early): items the
         backend has sent ahead to a worker and that have not started may be taken back
-        now.  The default has nothing sent ahead (threads; Ray sends one call at a time)."""
+        now.  The default has nothing sent ahead (threads)."""
 
     @abstractmethod
     def submit(self, task: Task) -> None:

@@ -122,11 +122,8 @@ class Outbox:
             self._entries.append((task_id, tag, len(frames), took))
             self._frames += frames
             self._bytes += size
-            if (
-                took >= FLUSH_AFTER
-                or len(self._entries) >= _FLUSH_COUNT
-                or (self._bytes >= _FLUSH_BYTES)
-            ):
+            full = len(self._entries) >= _FLUSH_COUNT or self._bytes >= _FLUSH_BYTES
+            if took >= FLUSH_AFTER or full:
                 self._send()
                 return
         self._waiting.set()
@@ -147,6 +144,8 @@ class Outbox:
 
     def _flusher(self) -> None:
         while True:
+            # Wake-up path: `add` leaving a result to wait; a daemon thread, it ends
+            # with the process.
             self._waiting.wait()
             time.sleep(FLUSH_AFTER)
             with contextlib.suppress(OSError), self._lock:
@@ -245,6 +244,13 @@ def child_main(
             at += count
         return True
 
+    def read_waiting() -> bool:
+        """Take in what waits on the socket, without waiting; False on "stop"."""
+        while select.select([sock], [], [], 0)[0]:
+            if not read():
+                return False
+        return True
+
     try:
         while True:
             if not tasks:
@@ -252,9 +258,8 @@ def child_main(
                 if not read():
                     break
             # What waits behind it (no wait): more tasks, or a withdraw for some.
-            while select.select([sock], [], [], 0)[0]:
-                if not read():
-                    return
+            if not read_waiting():
+                break
             if not tasks:
                 continue  # all withdrawn
             task_id, fn_id, fn_bytes, frames = tasks.popleft()

@@ -305,7 +305,8 @@ class ProcessBackend(Backend):
 
     @staticmethod
     def _running(child: _Child) -> _Run | None:
-        """The run `child` is running now, by its slot (None between tasks)."""
+        """The run `child` is running now, by its slot (None between tasks); its
+        `started` is set from the slot on the way."""
         slot = child.slot
         now = None if slot is None else slot.read()
         if now is None or not now[2]:
@@ -481,7 +482,7 @@ class ProcessBackend(Backend):
             if not child.ready or child.doomed:
                 continue
             # Refill when half of what was sent ahead is answered: a batch per message.
-            if len(child.sent) > ahead // 2 and child.sent:
+            if len(child.sent) > ahead // 2:
                 continue
             batch: list[_Run] = []
             with self._lock:
@@ -712,12 +713,14 @@ class ProcessBackend(Backend):
             self._close_child(child)
             # Items still running when the pool gave up on them (e.g. shutdown by a
             # failed manager) must not leave their owners waiting.
-            for run in child.sent.values():
+            with self._lock:
+                runs = list(child.sent.values())
+                child.sent.clear()
+            for run in runs:
                 stopped = WorkerCrashed(
                     f"the pool {self.name!r} stopped while the item was running"
                 )
                 run.task[4].put((run.task[0], False, stopped, None))
-            child.sent.clear()
         self._live.clear()
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):

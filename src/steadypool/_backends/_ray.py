@@ -60,7 +60,7 @@ from .._exceptions import BrokenPool, PoolClosed, WorkerCrashed
 from .._records import SETUP, Busy, setup_busy
 from .._stats import WorkerStats, count_failure, per_worker
 from .._worker import Worker, bind, describe
-from ._base import Backend, FunctionCache, Run, give_up_on_setup
+from ._base import Backend, FunctionCache, Run, give_up_on_setup, take_runnable
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -450,14 +450,10 @@ class RayBackend(Backend):
         if self._task_time < BATCH_BELOW:
             size = max(1, min(BATCH_MAX, int(BATCH_TIME / max(self._task_time, 1e-7))))
         batch: list[_Run] = []
-        while self._pending and len(batch) < size:
-            run = self._pending[0]
+        while len(batch) < size and (run := take_runnable(self._pending)) is not None:
             if batch and (run.solo or run.task[1] is not batch[0].task[1]):
+                self._pending.appendleft(run)  # it starts the next batch
                 break
-            self._pending.popleft()
-            if not (run.begun or run.task[4].begin(run.task[0])):
-                continue  # its owner gave up on it
-            run.begun = True
             batch.append(run)
             if run.solo:
                 break
@@ -524,19 +520,25 @@ class RayBackend(Backend):
                 if self._disconnected:
                     return
                 now = time.monotonic()
-                due, wake = [], None
+                due = []
                 for slot in self._slots.values():
-                    if len(slot.batch) < 2 or slot.draining:
-                        continue
-                    if now >= slot.next_drain:
+                    # A slot being drained is looked at again when its drain returns.
+                    if len(slot.batch) > 1 and not slot.draining and now >= slot.next_drain:
                         slot.drains += 1
                         slot.next_drain = now + min(DRAIN_MAX, DRAIN_AFTER * 2**slot.drains)
                         due.append((slot, slot.batch))
-                    else:
-                        wake = min(wake or slot.next_drain, slot.next_drain)
+                wake = min(
+                    (
+                        s.next_drain
+                        for s in self._slots.values()
+                        if len(s.batch) > 1 and not s.draining
+                    ),
+                    default=None,
+                )
             for slot, batch in due:
                 self._drain(slot, batch)
-            # Wake-up path: the next drain due, or a batch sent (`_poke`), or _stop.
+            # Wake-up path: the next drain due, a batch sent or a drain returned
+            # (`_poke`), or _stop.
             self._poke.wait(None if wake is None else max(0.0, wake - now))
             self._poke.clear()
 
@@ -578,6 +580,7 @@ class RayBackend(Backend):
             with self._lock:
                 slot.draining -= 1
                 self._idle.notify_all()
+            self._poke.set()  # the poller schedules this batch's next drain
             if done is not None:
                 done.set()
 
