@@ -7,6 +7,7 @@ classes here are for failures of the pool itself.
 
 from __future__ import annotations
 
+import pickle
 from concurrent.futures import BrokenExecutor
 from typing import TYPE_CHECKING
 
@@ -20,7 +21,9 @@ __all__ = [
     "RemoteError",
     "StallError",
     "TaskTimeout",
+    "UnpicklableArgument",
     "WorkerCrashed",
+    "add_note",
     "add_task_note",
 ]
 
@@ -136,6 +139,15 @@ class RemoteError(Exception):
         )
 
 
+class UnpicklableArgument(pickle.PicklingError):
+    """An item's arguments could not be pickled to send them to a worker (processes,
+    Ray): that item fails with it, before any worker sees it; the pool goes on.
+
+    The message names the argument, its type and why.  `map` with a `chunksize` runs
+    the items of such a chunk one by one, so that only the item at fault fails.
+    """
+
+
 class BrokenPool(BrokenExecutor):
     """The pool cannot run tasks any more, because a worker's `setup` raised.
 
@@ -176,4 +188,14 @@ def add_task_note(exc: BaseException, position: int | None, worker: Worker | Non
         from ._worker import describe
 
         where += f", on {describe(worker.index, worker.device)}"
-    exc.add_note(f"steadypool: raised by {where}")
+    add_note(exc, f"steadypool: raised by {where}")
+
+
+def add_note(exc: BaseException, note: str) -> None:
+    """``exc.add_note(note)``, also on an exception that refuses attributes (a frozen
+    dataclass: `add_note` sets ``__notes__`` through its ``__setattr__``)."""
+    try:
+        exc.add_note(note)
+    except Exception:
+        notes = list(getattr(exc, "__notes__", ()))
+        object.__setattr__(exc, "__notes__", [*notes, note])

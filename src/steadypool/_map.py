@@ -14,7 +14,7 @@ from concurrent.futures import CancelledError
 from queue import Empty
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._exceptions import WorkerCrashed, add_task_note
+from ._exceptions import UnpicklableArgument, WorkerCrashed, add_task_note
 from ._stream import FATAL, SIGNAL_SLICE, StreamOwner
 from ._worker import current_worker
 
@@ -126,7 +126,8 @@ def map_results(
     ``(results, error)`` from `run_chunk`.  A chunk whose worker crashed lost the
     results of the items it had run: its items are run again one by one through
     `resubmit(position, args)`, so those before the crashing item are delivered and
-    the crash names its own item.
+    the crash names its own item; so are those of a chunk whose arguments could not
+    be pickled, so that only the item at fault fails, named.
     """
     # Invariant: nothing here refers to a result once it is yielded (the caller may
     # want it collected): each future is popped before its result is handed out, and a
@@ -144,7 +145,7 @@ def map_results(
                 continue
             try:
                 futures[-1].result()
-            except WorkerCrashed:
+            except (WorkerCrashed, UnpicklableArgument):
                 if resubmit is None:
                     raise
                 futures.pop()

@@ -299,7 +299,7 @@ class Pool(Executor):
         done, queued = self._backend.counts()
         return PoolStats(
             done=done,
-            failed=sum(w.failed for w in workers),
+            failed=self._backend.failed,
             in_flight=len(self._backend.busy()),
             queued=queued,
             timed_out=0 if self._monitor is None else self._monitor.timed_out,
@@ -573,9 +573,14 @@ class Pool(Executor):
         if exc_type is not None and not issubclass(exc_type, Exception):
             # Ctrl-C or exit: do not wait on running tasks, and run nothing more.
             self.shutdown(wait=False, cancel_futures=True)
+            self._backend.halt()
             _exit.interrupted(self._backend)
-        else:
-            self.shutdown(wait=True)
+            return
+        if exc_type is not None:
+            # The consumer failed: results of a stream it left are thrown away, so what
+            # computes them is stopped where it can be (issue 17, hole 14).
+            self._backend.stop_unwanted()
+        self.shutdown(wait=True)
 
     def __repr__(self) -> str:
         state = "open" if self._finalizer.alive else "shut down"

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
-from ._exceptions import RemoteError
+from ._exceptions import RemoteError, UnpicklableArgument
 
 if TYPE_CHECKING:
     import socket
@@ -34,6 +34,7 @@ __all__ = [
     "rebuild_exception",
     "recv_frames",
     "send_frames",
+    "set_cause",
 ]
 
 _COUNT = struct.Struct("<I")
@@ -64,7 +65,9 @@ def dumps(obj: Any) -> list[bytes | memoryview]:
         header = pickle.dumps(obj, protocol=5, buffer_callback=out_of_band)
         if b"__main__" not in header:
             return [header, *(b.raw() for b in buffers)]
-    except Exception:
+    except KeyboardInterrupt:
+        raise
+    except BaseException:  # SystemExit from a __reduce__ too: cloudpickle says it again
         pass
     buffers.clear()
     header = cloudpickle.dumps(obj, protocol=5, buffer_callback=out_of_band)
@@ -148,10 +151,15 @@ def exception_payload(exc: BaseException) -> tuple[Any, str]:
     A round trip, not just a pickle: an exception whose ``__init__`` needs more than its
     ``args`` pickles fine and fails only when the parent rebuilds it.
     """
-    text = "".join(traceback.format_exception(exc))
+    try:
+        text = "".join(traceback.format_exception(exc))
+    except Exception as why:
+        text = f"(no traceback: formatting it raised {type(why).__name__})"
     try:
         pickle.loads(cloudpickle.dumps(exc, protocol=5))
-    except Exception as why:
+    except KeyboardInterrupt:
+        raise
+    except BaseException as why:  # SystemExit from pickling machinery too (loky's cases)
         substitute = RemoteError(
             type_name=f"{type(exc).__module__}.{type(exc).__qualname__}",
             message=str(exc),
@@ -163,9 +171,19 @@ def exception_payload(exc: BaseException) -> tuple[Any, str]:
 
 
 def rebuild_exception(exc: BaseException, text: str) -> BaseException:
-    """In the parent: attach the remote traceback as ``__cause__``."""
-    exc.__cause__ = RemoteTraceback(text)
+    """In the parent: attach the remote traceback as ``__cause__`` (also to an exception
+    that refuses attributes, such as a frozen dataclass)."""
+    set_cause(exc, RemoteTraceback(text))
     return exc
+
+
+def set_cause(exc: BaseException, cause: BaseException | None) -> None:
+    """``exc.__cause__ = cause``, past a ``__setattr__`` that refuses it (a frozen
+    dataclass raises FrozenInstanceError): the slot is BaseException's own."""
+    try:
+        exc.__cause__ = cause
+    except Exception:
+        object.__setattr__(exc, "__cause__", cause)
 
 
 def describe_exit(exitcode: int | None) -> str:
@@ -213,23 +231,29 @@ def main_thread_stack(dump: str, ident: int) -> str:
 
 
 def argument_error(
-    args: tuple[Any, ...], kwargs: dict[str, Any] | None, why: Exception
-) -> Exception:
-    """Name the argument that cannot be pickled (only called on the error path)."""
+    args: tuple[Any, ...], kwargs: dict[str, Any] | None, why: BaseException, where: str
+) -> UnpicklableArgument:
+    """Name the argument that cannot be pickled to go to `where` ("a worker process",
+    "a Ray actor"); only called on the error path."""
     named = [(f"argument {i}", a) for i, a in enumerate(args)]
     named += [(f"keyword argument {k!r}", v) for k, v in (kwargs or {}).items()]
     for label, value in named:
         try:
             cloudpickle.dumps(value, protocol=5)
-        except Exception as inner:
-            text = repr(value)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as inner:
+            try:
+                text = repr(value)
+            except Exception:
+                text = "<unprintable>"
             text = text if len(text) <= 80 else text[:77] + "..."
-            error = pickle.PicklingError(
-                f"{label}, {text} ({type(value).__qualname__}), cannot be sent to a worker "
-                f"process: {type(inner).__name__}: {inner}"
+            error = UnpicklableArgument(
+                f"{label}, {text} ({type(value).__qualname__}), cannot be sent to {where}: "
+                f"{type(inner).__name__}: {inner}"
             )
-            error.__cause__ = inner
+            error.__cause__ = inner if isinstance(inner, Exception) else None
             return error
-    error = pickle.PicklingError(f"the arguments cannot be sent to a worker process: {why}")
-    error.__cause__ = why
+    error = UnpicklableArgument(f"the arguments cannot be sent to {where}: {why!r}")
+    error.__cause__ = why if isinstance(why, Exception) else None
     return error

@@ -29,7 +29,7 @@ from concurrent.futures import CancelledError
 from queue import Empty, SimpleQueue
 from typing import TYPE_CHECKING, Any
 
-from ._exceptions import BrokenPool, PoolClosed, StallError, add_task_note
+from ._exceptions import BrokenPool, PoolClosed, StallError, add_note, add_task_note
 from ._exit import track_stream
 from ._window import Window
 
@@ -191,7 +191,7 @@ def run_stream(
                 return
             except Exception as exc:
                 # Like builtin map: the results of the items read before come first.
-                exc.add_note(f"steadypool: raised by the input at input position {window.read}")
+                add_note(exc, f"steadypool: raised by the input at input position {window.read}")
                 exhausted, stopped = True, exc
                 return
             read = clock()

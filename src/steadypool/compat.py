@@ -152,7 +152,8 @@ class BatchThreader:
                     results.append(future.result())
                 except BaseException as exc:
                     del self._in_flight[index]
-                    exc.add_note(f"steadypool.compat: BatchThreader args_list[{position}]")
+                    with contextlib.suppress(Exception):  # a frozen exception refuses notes
+                        exc.add_note(f"steadypool.compat: BatchThreader args_list[{position}]")
                     raise
             for _ in range(count):
                 self._in_flight.popleft()

@@ -21,7 +21,6 @@ Contract every backend keeps (the core relies on it to never wait unboundedly):
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 import weakref
@@ -29,10 +28,7 @@ from abc import ABC, abstractmethod
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
-from .. import _remote
-
 if TYPE_CHECKING:
-    from collections import deque
     from collections.abc import Callable, Sequence
 
     from .._exceptions import BrokenPool
@@ -40,7 +36,7 @@ if TYPE_CHECKING:
     from .._stats import WorkerRecord, WorkerStats
     from .._worker import Worker
 
-__all__ = ["Backend", "FunctionCache", "Run", "give_up_on_setup", "take_runnable"]
+__all__ = ["Backend", "FunctionCache", "give_up_on_setup"]
 
 
 def give_up_on_setup(
@@ -79,34 +75,7 @@ def _setup_broken(name: str, busy: Busy, error: BaseException) -> BrokenPool:
     return broken
 
 
-class Run:
-    """One item on its way through a backend that queues items itself (processes, Ray):
-    queued, running, or queued again for a retry."""
-
-    __slots__ = ("attempts", "begun", "started", "task", "task_id")
-    _ids = itertools.count()
-
-    def __init__(self, task: Task) -> None:
-        self.task = task
-        self.task_id = next(Run._ids)
-        self.attempts = 1
-        self.begun = False  # owner.begin() was called (only once, even when retried)
-        self.started = 0.0
-
-
-R = TypeVar("R", bound=Run)
 logger = logging.getLogger("steadypool")
-
-
-def take_runnable(pending: deque[R]) -> R | None:
-    """Pop the next queued run whose owner still wants it (call `owner.begin` once per
-    run: a retried run has begun already); None when none is left."""
-    while pending:
-        run = pending.popleft()
-        if run.begun or run.task[4].begin(run.task[0]):
-            run.begun = True
-            return run
-    return None
 
 
 V = TypeVar("V")
@@ -187,27 +156,16 @@ class Backend(ABC):
     # while items are short (processes, Ray); updated where outcomes arrive.
     _task_time: float = 1.0
 
-    def _count_done(self, record: WorkerRecord, run: Run, finished: float, took: float) -> None:
+    def _count_done(self, record: WorkerRecord, ok: bool, finished: float, took: float) -> None:
         """Account for an item a worker ran in `took` seconds, its outcome arriving at
-        `finished` (stats, the moving average, the watchdog's progress clock)."""
+        `finished` (stats, the moving average that sizes batches, the watchdog's
+        progress clock)."""
         self._task_time = 0.8 * self._task_time + 0.2 * took
-        run.started = finished - took
         record.busy += took
         record.items += 1
+        if not ok:
+            record.failed += 1
         self.last_done = finished
-
-    @staticmethod
-    def _hand_over(record: WorkerRecord, run: Run, ok: bool, value: Any) -> None:
-        """Give the owner of `run` what its worker sent back: the result, or (not `ok`)
-        the exception payload (exception, traceback text), rebuilt with its traceback
-        as the cause."""
-        key, owner = run.task[0], run.task[4]
-        if ok:
-            owner.put((key, True, value, record.worker))
-            return
-        record.failed += 1
-        exc, text = value
-        owner.put((key, False, _remote.rebuild_exception(exc, text), record.worker))
 
     def prepare(self, fn: Callable[..., Any]) -> None:  # noqa: B027 - optional hook
         """Check, before any work starts, that `fn` can run here (e.g. can be pickled).
@@ -217,6 +175,20 @@ class Backend(ABC):
         Raises:
             TypeError: It cannot.
         """
+
+    def halt(self) -> None:  # noqa: B027 - optional hook
+        """Stop now (Ctrl-C, interpreter exit): start nothing more and, where workers can
+        be killed, kill them; what they ran fails.  The default (threads, which cannot
+        be killed) does nothing beyond `shutdown`."""
+
+    def stop_unwanted(self) -> None:  # noqa: B027 - optional hook
+        """Where workers can be killed, kill those running an item nobody waits for any
+        more (a stream left by an exception); the default does nothing."""
+
+    @property
+    def failed(self) -> int:
+        """Items failed so far, with or without a worker (stats)."""
+        return sum(w.failed for w in self.worker_stats()[0])
 
     def withdraw(self) -> None:  # noqa: B027 - optional hook
         """An owner stopped wanting some of its items (a stream ended early): items the

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 from .. import _remote
 from .._devices import activate
 from .._worker import Worker, bind
+from . import _wire as wire
 
 if TYPE_CHECKING:
     import socket
@@ -63,13 +64,19 @@ class Slot:
     """What a worker process runs now, in shared memory the parent reads: written by
     the child's main thread (twice per task), read by the parent's watchdog and manager.
 
-    One record (n, task id, start time, running, n), written in one copy; a reader that
-    sees the two copies of the counter `n` differ caught a write half done and reads
-    again.  `time.monotonic` is the system-wide monotonic clock, the same in both
+    One record (n, task id, start time, running, n), written front to back in one copy
+    (a sequence lock): the reader reads the trailing `n` first, then the fields, then
+    the leading `n`, and takes the record only when both are equal; a write that
+    overlapped the read changed the leading copy before any field and so cannot pass
+    (issue 17, hole 12: reading front to back let a torn pair through).  A record with
+    `running` False names the task that ran last: its result may still be on its way
+    back.  `time.monotonic` is the system-wide monotonic clock, the same in both
     processes.
     """
 
     _FORMAT = struct.Struct("<qqdqq")
+    _COUNT = struct.Struct("<q")
+    _TAIL = _FORMAT.size - _COUNT.size
     SIZE = _FORMAT.size
 
     def __init__(self, path: str) -> None:
@@ -91,11 +98,13 @@ class Slot:
         """(task id, start time, still running) of the last task begun, or None."""
         for _ in range(1000):
             try:
-                n, task_id, started, running, check = self._FORMAT.unpack_from(self._map)
+                (tail,) = self._COUNT.unpack_from(self._map, self._TAIL)
+                _, task_id, started, running, _ = self._FORMAT.unpack_from(self._map)
+                (head,) = self._COUNT.unpack_from(self._map, 0)
             except ValueError:  # closed
                 return None
-            if n == check:
-                return (task_id, started, bool(running)) if n else None
+            if head == tail:
+                return (task_id, started, bool(running)) if head else None
         return None
 
     def close(self) -> None:
@@ -137,7 +146,7 @@ class Outbox:
         """Send the waiting results (`_lock` held)."""
         if not self._entries:
             return
-        frames = [pickle.dumps(("results", self._entries), protocol=5), *self._frames]
+        frames = [pickle.dumps((wire.RESULTS, self._entries), protocol=5), *self._frames]
         self._entries, self._frames, self._bytes = [], [], 0
         self._waiting.clear()
         _remote.send_frames(self._sock, frames)
@@ -179,7 +188,7 @@ def _send(sock: socket.socket, envelope: tuple[Any, ...], payload: Any = None) -
 
 
 def _send_error(sock: socket.socket, tag: str, task_id: int, exc: BaseException) -> None:
-    _remote.send_frames(sock, [pickle.dumps((tag, task_id), protocol=5), *_error_frames(exc)])
+    _remote.send_frames(sock, [pickle.dumps((tag, task_id), protocol=5), *wire.error_frames(exc)])
 
 
 def child_main(
@@ -206,18 +215,18 @@ def child_main(
     try:
         activate(worker.device)  # "cuda:0": the only device this process can see
     except BaseException as exc:
-        _send_error(sock, "setup_failed", -1, exc)
+        _send_error(sock, wire.SETUP_FAILED, -1, exc)
         return
     if setup is not None:
         # From here SIGUSR1 dumps our stack, so the parent may watch the setup.
-        _send(sock, ("setup", os.getpid(), threading.main_thread().ident))
+        _send(sock, (wire.SETUP, os.getpid(), threading.main_thread().ident))
         try:
             worker = worker.with_state(pickle.loads(setup)(worker))
         except BaseException as exc:
-            _send_error(sock, "setup_failed", -1, exc)
+            _send_error(sock, wire.SETUP_FAILED, -1, exc)
             return
         bind(worker)
-    _send(sock, ("ready", os.getpid(), threading.main_thread().ident))
+    _send(sock, (wire.READY, os.getpid(), threading.main_thread().ident))
     slot = Slot(dump_path + ".slot")
     outbox = Outbox(sock)
     fns: OrderedDict[int, Callable[..., Any]] = OrderedDict()
@@ -229,14 +238,14 @@ def child_main(
         """Take in one message; False on "stop"."""
         frames = _remote.recv_frames(sock)
         envelope = pickle.loads(frames[0])
-        if envelope[0] == "stop":
+        if envelope[0] == wire.STOP:
             return False
-        if envelope[0] == "withdraw":
+        if envelope[0] == wire.WITHDRAW:
             # Only tasks still to come: one that ran has answered already.
             unwanted = set(envelope[1])
             for task in [t for t in tasks if t[0] in unwanted]:
                 tasks.remove(task)
-                outbox.add(task[0], "skipped", [], 0.0)
+                outbox.add(task[0], wire.SKIPPED, [], 0.0)
             return True
         at = 1
         for task_id, fn_id, fn_bytes, count in envelope[1]:
@@ -281,39 +290,19 @@ def _run(
     fn_bytes: bytes | None,
     frames: list[bytearray],
 ) -> tuple[str, list[bytes | memoryview]]:
-    """Run one task: ("ok", its pickled result) or ("err", its pickled exception)."""
+    """Run one task: (OK, its pickled result) or (ERR, its pickled exception)."""
     try:
         if fn_bytes is not None:
             fns[fn_id] = _load_function(fn_bytes)
         fn = fns[fn_id]
-        fns.move_to_end(fn_id)
-        while len(fns) > FN_CACHE:
-            fns.popitem(last=False)
-        args, kwargs = _remote.loads(frames)
-        del frames
-        result = fn(*args) if kwargs is None else fn(*args, **kwargs)
+    except KeyboardInterrupt:
+        raise
     except BaseException as exc:
-        return "err", _error_frames(exc)
-    try:
-        return "ok", _remote.dumps(result)
-    except Exception as why:
-        error = pickle.PicklingError(
-            f"the result of this task, {_short_repr(result)}, could not be pickled to "
-            f"send it back from the worker process: {type(why).__name__}: {why}"
-        )
-        error.__cause__ = why
-        return "err", _error_frames(error)
-
-
-def _error_frames(exc: BaseException) -> list[bytes | memoryview]:
-    error, text = _remote.exception_payload(exc)
-    try:
-        return _remote.dumps((error, text))
-    except Exception as why:  # the exception pickled, but its payload still did not
-        substitute, text = _remote.exception_payload(
-            pickle.PicklingError(f"{type(exc).__name__}: {exc} (could not be sent: {why})")
-        )
-        return _remote.dumps((substitute, text))
+        return wire.ERR, wire.error_frames(exc)
+    fns.move_to_end(fn_id)
+    while len(fns) > FN_CACHE:
+        fns.popitem(last=False)
+    return wire.call(fn, frames)
 
 
 def _load_function(data: bytes) -> Callable[..., Any]:
@@ -332,9 +321,3 @@ def _refile(code: types.CodeType, filename: str) -> types.CodeType:
         _refile(c, filename) if isinstance(c, types.CodeType) else c for c in code.co_consts
     )
     return code.replace(co_filename=filename, co_consts=consts)
-
-
-def _short_repr(obj: object) -> str:
-    text = repr(obj)
-    text = text if len(text) <= 80 else text[:77] + "..."
-    return f"{text} ({type(obj).__module__}.{type(obj).__qualname__})"

@@ -2,36 +2,38 @@
 
 Data flow::
 
-    submit() --pickle now (errors surface at once)--> _pending --wake pipe--> manager
-    manager --task frames--> child socket ... child --result frames--> manager
-    manager --owner.put(outcome)--> the task's owner
-    watchdog --busy()/stack()/fail()--> child slots, child.sent (fail() kills the child)
+    submit() --pickle now (errors are that item's outcome)--> Ledger --wake pipe--> manager
+    manager --TASKS frames--> child socket ... child --RESULTS frames--> manager
+    manager --ledger.settle(run, outcome)--> the task's owner
+    watchdog --busy()/stack()/fail()--> child slots, the ledger (fail() kills the child)
 
 Who owns what:
 
+* The `Ledger` owns every item from `submit` to its one outcome (the queue, what each
+  child holds, the exactly-once `settle`, requeue, retries, cancel, counts); this module
+  only moves items and tells it what happened.
 * The manager thread owns the children: it spawns them, talks on their sockets, reaps
   and replaces them.  Spawning from the manager matters: Linux's PR_SET_PDEATHSIG
   follows the thread that forked, and the manager is the last of ours to end.
-* `_lock` guards `_pending`, `_closed`, `_broken`, `_woken` and every `child.sent`.
-  Whoever takes a run out of a `child.sent` owns that run's outcome: the manager when
-  its result or the child's death arrives, `fail()` when the watchdog claims it.  So
-  every item gets exactly one outcome.
-* Each child runs its tasks one at a time, in the order sent (`child.sent`).  While
-  tasks are long it holds one; while they are short, as many as take AHEAD_TIME to
-  run (at most AHEAD_MAX), sent and answered in batches: one message for many tiny
-  tasks, so neither side wakes per item.  The child writes the task it starts into its
-  `Slot` (shared memory): the watchdog reads there which item runs and since when, and
-  a dead child names exactly the item its slot says was running.  The others in
-  `sent` go back to the queue as they were, including those that finished while their
-  results waited in the child's outbox (at most FLUSH_AFTER): those run again.
-  When a stream ends early, its thread (`withdraw()`) sends a "withdraw" frame naming
-  the items in `sent` its owner no longer wants; the child takes out those it has not
-  started and answers "skipped".
+* `_lock` guards `_live`, every `child.life` (its `WorkerState`), `_start_failures` and
+  `_setup_kills`.  It is taken before the ledger's own lock, never after.  The manager
+  is the only writer of `_live`; other threads take a snapshot of it under `_lock`.
+* Each child runs its items one at a time, in the order sent.  While items are long it
+  holds one; while they are short, as many as take AHEAD_TIME to run (at most
+  AHEAD_MAX), sent and answered in batches.  The child writes the item it starts into
+  its `Slot` (shared memory): the watchdog reads there which item runs and since when,
+  and a dead child is answered for by exactly the item its slot names -- the one it
+  was running, or the one that finished last, whose result died on its way back (a
+  death while sending a big result fails that item rather than running it again for
+  ever).  The others it held go back to the queue as they were.
+  When a stream ends early, its thread (`withdraw()`) sends a WITHDRAW frame naming
+  the items the child holds whose owner no longer wants them; the child takes out
+  those it has not started and answers SKIPPED.
 
 What wakes the manager (one `multiprocessing.connection.wait` on all of them): a
 message or EOF on a child's socket, a child's sentinel (it ended), or a byte on the
-wake pipe (shutdown, `fail()`, or a new task when none is waiting for the manager
-already: `_woken`, so a burst of submits writes one byte).  No polling.
+wake pipe (shutdown, `fail()`, `halt()`, or a submit that found the queue empty: while
+the queue is not empty the manager dispatches again as children answer).  No polling.
 """
 
 from __future__ import annotations
@@ -43,13 +45,14 @@ import logging
 import multiprocessing
 import os
 import pickle
+import select
 import shutil
 import signal
 import socket
 import tempfile
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from multiprocessing.connection import wait
 from typing import TYPE_CHECKING, Any
 
@@ -57,12 +60,15 @@ import cloudpickle
 
 from .. import _remote
 from .._devices import child_view
-from .._exceptions import BrokenPool, PoolClosed, WorkerCrashed
+from .._exceptions import BrokenPool, WorkerCrashed
 from .._records import SETUP, Busy, setup_busy
 from .._stats import WorkerStats, count_failure, per_worker
 from .._worker import Worker, describe
-from ._base import Backend, FunctionCache, Run, give_up_on_setup, take_runnable
+from . import _wire as wire
+from ._base import Backend, FunctionCache, give_up_on_setup
 from ._child import FN_CACHE, Slot, child_main
+from ._ledger import Ledger, Run, ahead
+from ._life import Life, WorkerState
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -75,8 +81,9 @@ logger = logging.getLogger("steadypool")
 
 START_METHODS = ("spawn", "forkserver")
 _JOIN_SLICE = 0.5
-_STOP_GRACE = 3.0  # seconds a child gets to exit after "stop" before it is killed
+_STOP_GRACE = 3.0  # seconds a child gets to exit after STOP before it is killed
 _STACK_WAIT = 1.0  # seconds to wait for a child's faulthandler dump
+_DRAIN_WAIT = 0.5  # seconds to read what a dead child sent before it died
 _START_FAILURES = 3  # consecutive deaths of one index before it runs a task: broken
 _pool_ids = itertools.count()
 _live_backends: set[ProcessBackend] = set()  # for the exit hook; guarded by the GIL
@@ -86,37 +93,21 @@ AHEAD_MAX = 64  # tasks sent ahead to a child, at most
 _ORDER = {"wake": 0, "message": 1, "died": 2}
 
 
-class _Run(Run):
-    """A `Run` with what it takes to send it: the pickled arguments and function."""
-
-    __slots__ = ("fn_bytes", "fn_id", "frames", "withdrawn")
-
-    def __init__(self, task: Task, frames: list[bytes | memoryview], fn_id: int, fn_bytes: bytes):
-        super().__init__(task)
-        self.frames = frames
-        self.fn_id = fn_id
-        self.fn_bytes = fn_bytes
-        self.withdrawn = False  # a "withdraw" frame was sent for it
-
-
 class _Child:
-    """One worker process, as the manager sees it."""
+    """One worker process, as the manager sees it; the ledger knows what it holds."""
 
     __slots__ = (
         "busy",
-        "doomed",
         "dump_path",
         "failed",
         "fn_ids",
         "items",
+        "life",
         "lifeline",
         "main_ident",
         "pid",
         "process",
-        "ready",
         "send_lock",
-        "sent",
-        "setup_started",
         "slot",
         "sock",
         "waited",
@@ -125,20 +116,16 @@ class _Child:
 
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
+        self.life = Life()
         self.process: Any = None
         self.sock: socket.socket | None = None
-        # Guards writes to `sock`: the manager sends tasks, a stream's thread "withdraw"
-        # frames (whole messages, never interleaved).
+        # Guards writes to `sock` and its closing: the manager sends tasks, a stream's
+        # thread WITHDRAW frames (whole messages, never interleaved).
         self.send_lock = threading.Lock()
         self.lifeline: socket.socket | None = None
         self.dump_path = ""
-        # The tasks sent to the child and not answered, by task id, in the order sent.
-        self.sent: OrderedDict[int, _Run] = OrderedDict()
         self.slot: Slot | None = None  # what it runs now (see the module docstring)
         self.fn_ids: OrderedDict[int, None] = OrderedDict()  # what the child has cached
-        self.ready = False
-        self.setup_started: float | None = None  # while the child runs setup(worker)
-        self.doomed = False  # killed on purpose (watchdog): its death is not a crash
         self.pid = 0
         self.main_ident = 0
         self.items = 0
@@ -166,7 +153,6 @@ class ProcessBackend(Backend):
     ) -> None:
         self.name = name or f"pool{next(_pool_ids)}"
         self.last_done = 0.0
-        self._retries = retries
         self._context: Any = multiprocessing.get_context(start_method or "spawn")
         try:
             self._setup = None if setup is None else cloudpickle.dumps(setup)
@@ -177,11 +163,11 @@ class ProcessBackend(Backend):
                 "it captures picklable"
             ) from why
         self._workers = list(workers)
+        self._ledger = Ledger(retries=retries)
         self._lock = threading.Lock()
-        self._pending: deque[_Run] = deque()
-        self._woken = False  # a wake byte is on its way for the tasks in `_pending`
-        self._closed = False
-        self._broken: BrokenPool | None = None
+        # Set once (interpreter exit, Ctrl-C): the manager kills every child and ends,
+        # without replacing any.
+        self._halted = False
         self._fn_cache: FunctionCache[tuple[int, bytes]] = FunctionCache(FN_CACHE // 2)
         self._fn_ids = itertools.count()
         self._children: list[_Child] = []  # every child ever (stats); live ones below
@@ -202,11 +188,11 @@ class ProcessBackend(Backend):
 
     @property
     def stopped(self) -> bool:
-        return self._closed and not self._manager.is_alive()
+        return self._ledger.closed and not self._manager.is_alive()
 
     @property
     def broken(self) -> BrokenPool | None:
-        return self._broken
+        return self._ledger.broken
 
     def prepare(self, fn: Callable[..., Any]) -> None:
         """Pickle `fn` now (cached), so an unpicklable function fails before any work."""
@@ -221,81 +207,84 @@ class ProcessBackend(Backend):
             # place, and remote tracebacks would lose their source lines.
             filename = getattr(getattr(fn, "__code__", None), "co_filename", None)
             data = pickle.dumps((cloudpickle.dumps(fn, protocol=5), filename))
-        except Exception as why:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as why:
             raise TypeError(
                 f"the function {fn!r} cannot be sent to worker processes: it cannot be "
                 f"pickled ({type(why).__name__}: {why}); define it at module level, or "
                 "make what it captures picklable"
-            ) from why
+            ) from (why if isinstance(why, Exception) else None)
         entry = (next(self._fn_ids), data)
         self._fn_cache.put(fn, entry)
         return entry
 
     def submit(self, task: Task) -> None:
-        key, fn, args, kwargs, owner, _queued_at = task
-        if self._closed:
-            raise PoolClosed("cannot submit to a steadypool Pool after shutdown()")
-        if self._broken is not None:
-            raise self._broken
-        fn_id, fn_bytes = self._fn_entry(fn)
+        ledger = self._ledger
+        ledger.check_open()
+        fn_id, fn_bytes = self._fn_entry(task[1])
+        run = Run(task)
         try:
-            frames = _remote.dumps((args, kwargs))
-        except Exception as why:
-            owner.put((key, False, _remote.argument_error(args, kwargs, why), None))
+            frames = _remote.dumps((run.args, run.kwargs))
+        except KeyboardInterrupt:
+            raise
+        except BaseException as why:  # SystemExit from a __reduce__ too (issue 17, 17)
+            error = _remote.argument_error(run.args, run.kwargs, why, "a worker process")
+            ledger.settle(run, False, error, None)
             return
-        run = _Run(task, frames, fn_id, fn_bytes)
-        with self._lock:
-            if self._closed:
-                raise PoolClosed("cannot submit to a steadypool Pool after shutdown()")
-            if self._broken is not None:
-                raise self._broken
-            self._pending.append(run)
-            woken, self._woken = self._woken, True
-        if not woken:
+        run.wire = (frames, fn_id, fn_bytes)
+        if ledger.add(run):
             self._wake()
 
     def shutdown(self, *, wait: bool, cancel: bool) -> None:
-        with self._lock:
-            self._closed = True
-            dropped = []
-            if cancel:
-                # What idle or starting workers take next still runs (Backend.shutdown).
-                busy = sum(1 for c in self._live.values() if c.sent)
-                free = max(0, len(self._workers) - busy)
-                while len(self._pending) > free:
-                    dropped.append(self._pending.pop())
-                dropped.reverse()
-        for run in dropped:
-            run.task[4].drop(run.task[0])
+        self._ledger.close()
+        if cancel:
+            # What idle or starting workers take next still runs (Backend.shutdown).
+            with self._lock:
+                busy = sum(1 for c in self._live.values() if self._ledger.holds(c))
+            self._ledger.cancel(max(0, len(self._workers) - busy))
         self._wake()
         if wait and threading.current_thread() is not self._manager:
             while self._manager.is_alive():
                 self._manager.join(_JOIN_SLICE)
 
+    def halt(self) -> None:
+        """Stop now (Ctrl-C, interpreter exit): nothing more starts, every child is
+        killed, what it held is failed; no child is replaced."""
+        self._ledger.close()
+        self._ledger.cancel(0)
+        self._halted = True
+        self._wake()
+
     def _wake(self) -> None:
         with contextlib.suppress(BlockingIOError, OSError):
             os.write(self._wake_w, b"x")
+
+    def _snapshot(self) -> list[_Child]:
+        with self._lock:
+            return list(self._live.values())
 
     # --- the watchdog's view ---------------------------------------------------------------
 
     def busy(self) -> list[Busy]:
         found = []
-        for child in list(self._live.values()):
-            started = child.setup_started
-            if started is not None and not child.doomed:
+        for child in self._snapshot():
+            # Unlocked read of `life`: one attribute, replaced whole; a stale state gives a
+            # snapshot that `fail` checks again under `_lock` before it acts.
+            life = child.life
+            if life.state is WorkerState.SETUP:
                 where = f"pid {child.pid}"
-                found.append(setup_busy(id(child), child.worker, started, where, (child, SETUP)))
+                found.append(setup_busy(id(child), child.worker, life.since, where, (child, SETUP)))
                 continue
-            run = None if child.doomed else self._running(child)
+            run = self._running(child) if life.state is WorkerState.READY else None
             if run is None:
                 continue
-            key, owner = run.task[0], run.task[4]
             found.append(
                 Busy(
                     run.task_id,
                     child.worker,
-                    key,
-                    owner,
+                    run.key,
+                    run.owner,
                     run.started,
                     f"pid {child.pid}",
                     (child, run),
@@ -303,22 +292,27 @@ class ProcessBackend(Backend):
             )
         return found
 
-    @staticmethod
-    def _running(child: _Child) -> _Run | None:
-        """The run `child` is running now, by its slot (None between tasks); its
-        `started` is set from the slot on the way."""
+    def _last(self, child: _Child) -> tuple[Run | None, bool]:
+        """(the run `child`'s slot names, if the child still holds it, and whether it is
+        running: else it finished and its result has not arrived); its `started` is
+        set from the slot on the way."""
         slot = child.slot
         now = None if slot is None else slot.read()
-        if now is None or not now[2]:
-            return None
-        run = child.sent.get(now[0])
+        if now is None:
+            return None, False
+        run = self._ledger.find(child, now[0])
         if run is not None:
             run.started = now[1]
-        return run
+        return run, now[2]
+
+    def _running(self, child: _Child) -> Run | None:
+        """The run `child` is running now (None between tasks)."""
+        run, running = self._last(child)
+        return run if running else None
 
     def stack(self, busy: Busy) -> str:
         child, run = busy.handle
-        current = SETUP if child.setup_started is not None else self._running(child)
+        current = SETUP if child.life.in_setup else self._running(child)
         if current is not run or not child.pid:
             return ""
         try:
@@ -341,26 +335,25 @@ class ProcessBackend(Backend):
         child, run = busy.handle
         if run is SETUP:
             return self._fail_setup(busy, child, error, retry=retry)
+        assert isinstance(run, Run)
         with self._lock:
-            if child.doomed or child.sent.get(run.task_id) is not run:
-                return False  # finished (or died) first
-            child.doomed = True
-            requeue = retry and run.attempts <= self._retries
-            if requeue:
-                run.attempts += 1
-            self._take_back(child, None if requeue else run)
-        with contextlib.suppress(ProcessLookupError, OSError):
-            os.kill(child.pid, signal.SIGKILL)
-        if requeue:
+            if child.life.state is not WorkerState.READY:
+                return False  # it died (or was killed) first
+            if self._ledger.find(child, run.task_id) is not run:
+                return False  # it finished first
+            child.life.doom()
+        started = run.started
+        culprit = self._ledger.release(child, run, retry=retry)
+        self._kill(child)
+        if culprit is None:
             logger.warning(
                 "steadypool: %s; retrying it (attempt %d of %d)",
                 error,
                 run.attempts,
-                self._retries + 1,
+                self._ledger.retries + 1,
             )
-        else:
-            count_failure(child, run.started, time.monotonic())
-            run.task[4].put((run.task[0], False, error, child.worker))
+        elif self._ledger.settle(culprit, False, error, child.worker):
+            count_failure(child, started, time.monotonic())
         self._wake()
         return True
 
@@ -369,48 +362,75 @@ class ProcessBackend(Backend):
         again while `retries` allow, else the pool breaks."""
         index = child.worker.index
         with self._lock:
-            if child.setup_started is None or child.doomed:
+            if not child.life.in_setup or not child.life.doom():
                 return False  # it finished (or died) first
-            child.setup_started = None
-            child.doomed = True
             kills = self._setup_kills[index] = self._setup_kills.get(index, 0) + 1
-        retries = self._retries if retry else 0
+        retries = self._ledger.retries if retry else 0
         broken = give_up_on_setup(
             self.name, busy, error, attempt=kills, retries=retries, fresh="worker process"
         )
         if broken is not None:
-            self._break(broken)
-        with contextlib.suppress(ProcessLookupError, OSError):
-            os.kill(child.pid, signal.SIGKILL)
+            self._ledger.break_pool(broken)
+        self._kill(child)
         self._wake()
         return True
 
-    def _take_back(self, child: _Child, failed: _Run | None) -> None:
-        """Put every run sent to `child` but `failed` back at the head of the queue, in
-        the order sent (`_lock` held): those behind never started, those before
-        finished but their results died with the child, and run again."""
-        back = [r for r in child.sent.values() if r is not failed]
-        child.sent.clear()
-        self._pending.extendleft(reversed(back))
+    @staticmethod
+    def _kill(child: _Child) -> None:
+        with contextlib.suppress(ProcessLookupError, OSError):
+            os.kill(child.pid, signal.SIGKILL)
+
+    def withdraw(self) -> None:
+        """Ask children not to start the items sent to them whose owners no longer want
+        them; sent before this returns, so a child still busy with an item ahead of
+        them sees it in time."""
+        for child in self._snapshot():
+            unwanted = self._ledger.unwanted(child)
+            if not unwanted:
+                continue
+            message = [pickle.dumps((wire.WITHDRAW, [run.task_id for run in unwanted]))]
+            with contextlib.suppress(OSError), child.send_lock:  # OSError: it died (_reap)
+                if child.sock is not None:  # else it is ending: _reap requeues the runs
+                    _remote.send_frames(child.sock, message)
+
+    def stop_unwanted(self) -> None:
+        """Kill the children running an item nobody waits for (the consumer left the
+        `with` block by an exception): its result would be thrown away."""
+        for child in self._snapshot():
+            run = self._running(child)
+            if run is None or run.owner.wanted(run.key):
+                continue
+            with self._lock:
+                if child.life.state is not WorkerState.READY or not child.life.doom():
+                    continue
+            self._ledger.release(child, None)
+            self._kill(child)
+        self._wake()
 
     def counts(self) -> tuple[int, int]:
-        return sum(c.items for c in self._children), len(self._pending)
+        return self._ledger.done, self._ledger.queued
+
+    @property
+    def failed(self) -> int:
+        return self._ledger.failed
 
     def worker_stats(self) -> tuple[tuple[WorkerStats, ...], int, int]:
         children = list(self._children)
         replaced = max(0, len(children) - len(self._workers))
         return per_worker(self._workers, children), 0, replaced
 
+    # --- the manager thread ----------------------------------------------------------------
+
     def _manage(self) -> None:
         try:
             for worker in self._workers:
                 self._spawn(worker)
-            while True:
+            while not self._halted:
                 self._dispatch()
-                if self._finished():
+                if self._ledger.closed and self._ledger.idle():
                     return
                 by_handle: dict[Any, tuple[str, _Child | None]] = {self._wake_r: ("wake", None)}
-                for child in self._live.values():
+                for child in self._live.values():  # the manager is `_live`'s only writer
                     by_handle[child.process.sentinel] = ("died", child)
                     if child.sock is not None:
                         by_handle[child.sock] = ("message", child)
@@ -431,14 +451,9 @@ class ProcessBackend(Backend):
             logger.exception("steadypool: the manager of process pool %r failed", self.name)
             broken = BrokenPool(f"the manager of process pool {self.name!r} failed: {exc!r}")
             broken.__cause__ = exc
-            self._break(broken)
+            self._ledger.break_pool(broken)
         finally:
             self._stop_children()
-
-    def _finished(self) -> bool:
-        with self._lock:
-            idle = all(not c.sent for c in self._live.values())
-            return self._closed and not self._pending and idle
 
     def _spawn(self, worker: Worker) -> None:
         child = _Child(worker)
@@ -474,79 +489,45 @@ class ProcessBackend(Backend):
         child_life.close()
         child.sock, child.lifeline, child.pid = parent_sock, parent_life, child.process.pid
         self._children.append(child)
-        self._live[worker.index] = child
+        with self._lock:
+            self._live[worker.index] = child
 
     def _dispatch(self) -> None:
-        ahead = self._ahead()
+        count = ahead(self._task_time, below=_PREFETCH_BELOW, budget=AHEAD_TIME, most=AHEAD_MAX)
         for child in list(self._live.values()):
-            if not child.ready or child.doomed:
+            # Unlocked read of `life`: only the manager (this thread) makes a child READY,
+            # and a child doomed meanwhile is killed; what it was sent is released.
+            if not child.life.takes_items:
                 continue
             # Refill when half of what was sent ahead is answered: a batch per message.
-            if len(child.sent) > ahead // 2:
+            if self._ledger.holds(child) > count // 2:
                 continue
-            batch: list[_Run] = []
-            with self._lock:
-                while len(child.sent) < ahead:
-                    run = take_runnable(self._pending)
-                    if run is None:
-                        break
-                    child.sent[run.task_id] = run
-                    batch.append(run)
-                empty = not self._pending
-                if empty:
-                    self._woken = False  # a later submit must wake the manager again
+            batch = self._ledger.take(child, count)
             if batch:
                 now = time.monotonic()
                 for run in batch:
-                    child.waited += now - run.task[5]
+                    child.waited += now - run.queued_at
                 self._send_tasks(child, batch)
-            if empty:
+            if not self._ledger.queued:
                 return
 
-    def _ahead(self) -> int:
-        """How many tasks a child holds: one while tasks are long, else AHEAD_TIME's
-        worth (at least two, so it never waits for the manager between tasks)."""
-        if self._task_time >= _PREFETCH_BELOW:
-            return 1
-        return max(2, min(AHEAD_MAX, int(AHEAD_TIME / max(self._task_time, 1e-7))))
-
-    def withdraw(self) -> None:
-        """Ask children not to start the items sent to them whose owners no longer want
-        them; sent before this returns, so a child still busy with an item ahead of
-        them sees it in time."""
-        for child in list(self._live.values()):
-            with self._lock:
-                unwanted = [
-                    run
-                    for run in child.sent.values()
-                    if not run.withdrawn and not run.task[4].wanted(run.task[0])
-                ]
-                for run in unwanted:
-                    run.withdrawn = True
-            if not unwanted:
-                continue
-            message = [pickle.dumps(("withdraw", [run.task_id for run in unwanted]))]
-            with contextlib.suppress(OSError), child.send_lock:  # OSError: it died (_reap)
-                if child.sock is not None:  # else it is ending: _reap requeues the runs
-                    _remote.send_frames(child.sock, message)
-
-    def _send_tasks(self, child: _Child, runs: list[_Run]) -> None:
+    def _send_tasks(self, child: _Child, runs: list[Run]) -> None:
         entries = []
         frames: list[bytes | memoryview] = []
         for run in runs:
-            known = run.fn_id in child.fn_ids
-            child.fn_ids[run.fn_id] = None
-            child.fn_ids.move_to_end(run.fn_id)
+            arg_frames, fn_id, fn_bytes = run.wire
+            known = fn_id in child.fn_ids
+            child.fn_ids[fn_id] = None
+            child.fn_ids.move_to_end(fn_id)
             while len(child.fn_ids) > FN_CACHE // 2:
                 child.fn_ids.popitem(last=False)
-            entries.append(
-                (run.task_id, run.fn_id, None if known else run.fn_bytes, len(run.frames))
-            )
-            frames += run.frames
+            entries.append((run.task_id, fn_id, None if known else fn_bytes, len(arg_frames)))
+            frames += arg_frames
         try:
-            assert child.sock is not None
             with child.send_lock:
-                _remote.send_frames(child.sock, [pickle.dumps(("tasks", entries)), *frames])
+                if child.sock is None:
+                    return  # it is ending: _reap releases the runs
+                _remote.send_frames(child.sock, [pickle.dumps((wire.TASKS, entries)), *frames])
         except OSError:
             pass  # the child died: its sentinel comes next and _reap handles the runs
 
@@ -560,21 +541,20 @@ class ProcessBackend(Backend):
                 child.sock = None  # it is ending; the sentinel follows
             return
         tag = pickle.loads(frames[0])
-        if tag[0] == "setup":
+        if tag[0] == wire.RESULTS:
+            self._results(child, tag[1], frames)
+        elif tag[0] == wire.SETUP:
             child.pid, child.main_ident = tag[1], tag[2]
             with self._lock:
-                if not child.doomed:
-                    child.setup_started = time.monotonic()
-            return
-        if tag[0] == "ready":
+                child.life.setup_began()
+        elif tag[0] == wire.READY:
+            child.pid, child.main_ident = tag[1], tag[2]
             with self._lock:
-                child.setup_started = None
-            child.ready, child.pid, child.main_ident = True, tag[1], tag[2]
-            self._start_failures.pop(child.worker.index, None)
-            self._setup_kills.pop(child.worker.index, None)
-            return
-        if tag[0] == "setup_failed":
-            exc, text = _remote.loads(frames[1:])
+                child.life.ready()
+                self._start_failures.pop(child.worker.index, None)
+                self._setup_kills.pop(child.worker.index, None)
+        elif tag[0] == wire.SETUP_FAILED:
+            _ok, exc = wire.load_outcome(wire.ERR, frames[1:], f"pid {child.pid}")
             broken = BrokenPool(
                 f"setup(worker) raised {type(exc).__name__}: {exc} on "
                 f"{describe(child.worker.index, child.worker.device)} of pool {self.name!r} "
@@ -582,82 +562,54 @@ class ProcessBackend(Backend):
                 "is the cause below) and create a new Pool.",
                 worker=child.worker,
             )
-            broken.__cause__ = _remote.rebuild_exception(exc, text)
-            self._break(broken)
-            return
-        if tag[0] == "results":
-            self._results(child, tag[1], frames)
+            broken.__cause__ = exc
+            self._ledger.break_pool(broken)
 
     def _results(
         self, child: _Child, entries: list[tuple[int, str, int, float]], frames: list[bytearray]
     ) -> None:
         """Deliver a batch of outcomes, in the order the child ran them."""
         finished = time.monotonic()
+        where = f"{describe(child.worker.index, child.worker.device)} (pid {child.pid})"
         at = 1
         for task_id, tag, count, took in entries:
             payload = frames[at : at + count]
             at += count
-            with self._lock:
-                run = None if child.doomed else child.sent.pop(task_id, None)
-            if run is None or tag == "skipped":
-                # Claimed by the watchdog meanwhile (its outcome is delivered), or
-                # withdrawn before it started (its owner waits for nothing).
+            run = self._ledger.find(child, task_id)
+            if run is None:
+                continue  # claimed meanwhile (the watchdog), or released with its child
+            if tag == wire.SKIPPED:
+                self._ledger.skip(run)  # withdrawn: its owner waits for nothing
                 continue
-            self._count_done(child, run, finished, took)
-            try:
-                value = _remote.loads(payload)
-            except Exception as why:
-                child.failed += 1
-                error = pickle.UnpicklingError(
-                    f"the {'result' if tag == 'ok' else 'exception'} sent back by "
-                    f"{describe(child.worker.index, child.worker.device)} could not be "
-                    f"unpickled here: {type(why).__name__}: {why}"
-                )
-                run.task[4].put((run.task[0], False, error, child.worker))
-                continue
-            self._hand_over(child, run, tag == "ok", value)
-            del value, payload
+            ok, value = wire.load_outcome(tag, payload, where)
+            del payload
+            if self._ledger.settle(run, ok, value, child.worker):
+                self._count_done(child, ok, finished, took)
+            del value
 
     def _reap(self, child: _Child) -> None:
-        """A child ended: fail or retry its item, and start a replacement."""
+        """A child ended: settle or requeue what it held, and start a replacement."""
         child.process.join(_JOIN_SLICE)
+        self._read_last_words(child)
         exitcode = child.process.exitcode
         with self._lock:
-            run = self._running(child)  # the item it died running, if any
-            requeue = run is not None and run.attempts <= self._retries
-            if run is not None and requeue:
-                run.attempts += 1
-            self._take_back(child, None if requeue else run)
+            last = child.life.end()
+            del self._live[child.worker.index]
+        run, running = self._last(child) if last is not WorkerState.DOOMED else (None, False)
+        started = run.started if run is not None else 0.0
+        culprit = self._ledger.release(child, run)
         self._close_child(child)
-        del self._live[child.worker.index]
         crash: WorkerCrashed | None = None
-        if run is not None and not child.doomed:
-            where = describe(child.worker.index, child.worker.device)
-            item = (
-                "a submitted task"
-                if run.task[4].position(run.task[0]) is None
-                else (f"item {run.task[4].position(run.task[0])}")
-            )
-            crash = WorkerCrashed(
-                f"{where} (pid {child.pid}) died with {_remote.describe_exit(exitcode)} "
-                f"while running {item}; likely cause: {_remote.likely_cause(exitcode)}. "
-                + (
-                    f"Retrying it (attempt {run.attempts} of {self._retries + 1}); "
-                    if requeue
-                    else "The item failed; "
-                )
-                + "a fresh worker process takes this one's place.",
-                exitcode=exitcode,
-                worker=child.worker,
-            )
-            if requeue:
+        if run is not None:
+            crash = self._crash(child, run, exitcode, running=running, retried=culprit is None)
+            if culprit is None:
                 logger.warning("steadypool: %s", crash)
                 crash = None
-        elif not child.ready and not child.doomed and self._broken is None:
+        elif last in (WorkerState.STARTING, WorkerState.SETUP) and self.broken is None:
             failures = self._start_failures.get(child.worker.index, 0) + 1
             self._start_failures[child.worker.index] = failures
             if failures >= _START_FAILURES:
-                self._break(
+                self._ledger.break_pool(
                     BrokenPool(
                         f"worker process {child.worker.index} of pool {self.name!r} died "
                         f"{failures} times while starting, last with "
@@ -665,24 +617,58 @@ class ProcessBackend(Backend):
                         f"cause: {_remote.likely_cause(exitcode)}"
                     )
                 )
-        with self._lock:
-            needed = self._broken is None and not (self._closed and not self._pending)
+        ledger = self._ledger
+        needed = not self._halted and ledger.broken is None
+        if needed and ledger.closed and ledger.idle():
+            needed = False
         if needed:
             self._spawn(child.worker)
-        if crash is not None and run is not None:
+        if (
+            crash is not None
+            and culprit is not None
+            and ledger.settle(culprit, False, crash, child.worker)
+        ):
             # Delivered once the replacement exists: whoever the crash wakes finds the
             # pool at full strength (and stats counting the replacement).
-            count_failure(child, run.started, time.monotonic())
-            run.task[4].put((run.task[0], False, crash, child.worker))
+            count_failure(child, started, time.monotonic())
 
-    def _break(self, broken: BrokenPool) -> None:
-        with self._lock:
-            if self._broken is None:
-                self._broken = broken
-            dropped = list(self._pending)
-            self._pending.clear()
-        for run in dropped:
-            run.task[4].put((run.task[0], False, self._broken, None))
+    def _crash(
+        self, child: _Child, run: Run, exitcode: int | None, *, running: bool, retried: bool
+    ) -> WorkerCrashed:
+        """The `WorkerCrashed` of `run`, whose worker died running it (or sending its
+        result back, when not `running`)."""
+        where = describe(child.worker.index, child.worker.device)
+        position = run.position
+        item = "a submitted task" if position is None else f"item {position}"
+        doing = (
+            f"while running {item}"
+            if running
+            else f"after {item} finished, while its result was on its way back (a large "
+            "result and a memory limit?)"
+        )
+        return WorkerCrashed(
+            f"{where} (pid {child.pid}) died with {_remote.describe_exit(exitcode)} "
+            f"{doing}; likely cause: {_remote.likely_cause(exitcode)}. "
+            + (
+                f"Retrying it (attempt {run.attempts} of {self._ledger.retries + 1}); "
+                if retried
+                else "The item failed; "
+            )
+            + "a fresh worker process takes this one's place.",
+            exitcode=exitcode,
+            worker=child.worker,
+        )
+
+    def _read_last_words(self, child: _Child) -> None:
+        """Read the messages a dead child sent before it died (results it finished), so
+        that they are not taken for lost.  Bounded: a grandchild holding the socket open
+        would otherwise keep it from ever reading EOF."""
+        deadline = time.monotonic() + _DRAIN_WAIT
+        while child.sock is not None and time.monotonic() < deadline:
+            if not select.select([child.sock], [], [], 0)[0]:
+                return
+            child.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            self._receive(child)
 
     def _close_child(self, child: _Child) -> None:
         with child.send_lock:  # no withdraw() writes to a closed (reused) descriptor
@@ -698,12 +684,15 @@ class ProcessBackend(Backend):
                 os.unlink(path)
 
     def _stop_children(self) -> None:
-        """Ask every child to stop, then kill what has not exited in time (manager only)."""
+        """Ask every child to stop (kill it at once when halted), then kill what has not
+        exited in time (manager only); fail what they still held."""
         live = list(self._live.values())
         for child in live:
-            if child.sock is not None:
-                with contextlib.suppress(OSError):
-                    _remote.send_frames(child.sock, [pickle.dumps(("stop",))])
+            if self._halted:
+                self._kill(child)
+            elif child.sock is not None:
+                with contextlib.suppress(OSError), child.send_lock:
+                    _remote.send_frames(child.sock, [pickle.dumps((wire.STOP,))])
         deadline = time.monotonic() + _STOP_GRACE
         for child in live:
             child.process.join(max(0.0, deadline - time.monotonic()))
@@ -711,17 +700,20 @@ class ProcessBackend(Backend):
                 child.process.kill()
                 child.process.join(_STOP_GRACE)
             self._close_child(child)
-            # Items still running when the pool gave up on them (e.g. shutdown by a
-            # failed manager) must not leave their owners waiting.
             with self._lock:
-                runs = list(child.sent.values())
-                child.sent.clear()
-            for run in runs:
-                stopped = WorkerCrashed(
+                child.life.end()
+            # Items still held when the pool gave up on them (halted, or the manager
+            # failed) must not leave their owners waiting.
+            self._ledger.fail_held(
+                child,
+                lambda _run: WorkerCrashed(
                     f"the pool {self.name!r} stopped while the item was running"
-                )
-                run.task[4].put((run.task[0], False, stopped, None))
-        self._live.clear()
+                ),
+            )
+        with self._lock:
+            self._live.clear()
+        if self._ledger.queued:  # halted: what has begun and was not run fails
+            self._ledger.break_pool(BrokenPool(f"the pool {self.name!r} was stopped"))
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -733,11 +725,14 @@ class ProcessBackend(Backend):
 def _kill_all_at_exit() -> None:
     """At interpreter exit, kill the children of pools still running (the exit wait gave
     up on them, or was interrupted) before multiprocessing's own exit hook joins them,
-    which would wait on their tasks; and remove their stack-dump folders."""
+    which would wait on their tasks; no child is replaced (issue 17, hole 8); and
+    remove their stack-dump folders."""
     for backend in list(_live_backends):
-        for child in list(backend._live.values()):
+        backend.halt()
+        for child in backend._snapshot():
             with contextlib.suppress(Exception):
                 child.process.kill()
+        backend._manager.join(_STOP_GRACE)
         shutil.rmtree(backend._dump_dir, ignore_errors=True)
 
 
