@@ -2,10 +2,12 @@
 
 Data flow::
 
-    submit() --(_lock)--> _pending --> an idle actor gets a batch of the next items:
-                          actor.run_batch.remote(fn_ref, [(task id, args, kwargs), ...])
+    submit() --pickle the arguments now (errors are that item's outcome)--> Ledger
+    an idle actor gets a batch of the next items (ledger.take):
+        actor.run_batch.remote(fn_ref, [(task id, argument frames), ...])
     Ray completes the call's future --done callback (a Ray thread)--> _finished():
-        owner.put(outcome) per item, then the next batch goes to the same actor
+        ledger.settle(run, outcome) per item, then the next batch goes to the same actor
+    poller --drain() of a long batch--> _drained(): ledger.settle per finished item
     watchdog --busy()/stack()/fail()--> fail() kills the actor (ray.kill), replaces it
 
 Batches: one call per actor at a time, of one item while items take BATCH_BELOW or
@@ -15,24 +17,25 @@ outcome, error and position.  A batch still running after DRAIN_AFTER is *draine
 by the poller thread, then again at doubling intervals (at most DRAIN_MAX apart): a
 control call, run by the actor beside the batch, hands over the outcomes finished so
 far and says which item runs and since when.  So a result never waits long for the
-rest of its batch (nor forever behind an item that waits for the consumer), and
-timeouts and stall reports name one item; `fail()` drains once more before it kills,
-to be sure of the item.  A batch whose actor dies is run again one item per call, so
-the crash names its own item (those whose results died with the actor run again).
+rest of its batch, and timeouts and stall reports name one item; `fail()` drains once
+more before it kills, to be sure of the item.  A batch whose actor dies is run again
+one item per call, so the crash names its own item.
 
-Who owns what: `_lock` guards `_pending`, `_closed`, `_broken`, `_slots`, every
-`slot.batch` and every `run.closed`.  A run's outcome belongs to whoever sets its
-`closed`: the batch's done-callback or a drain's (delivering what the actor
-returned: each outcome comes back once, in one or the other), or `fail()` and the
-crash handler (claiming what is left).  So every item gets exactly one outcome, also
-when an actor dies (`WorkerCrashed`, retried up to `retries` times on a fresh actor)
-or is killed by the watchdog.
+Who owns what: the `Ledger` owns every item (queue, what each actor holds, the
+exactly-once `settle`, retries, cancel, counts): whichever of the batch's callback, a
+drain's, `fail()` or the crash handler settles an item first delivers it, and the
+others find it settled.  `_lock` guards `_slots`, `_history`, every `slot.life`,
+`slot.batch`, `slot.current` and the drain fields; it is taken before the ledger's lock,
+never after.  Nothing arriving from Ray can fail to unpickle as a whole: arguments and
+outcomes travel as steadypool's own frames (`_actor.py`).
 
 What wakes whom: no thread of ours waits on Ray.  Ray completes each call's future;
-the callbacks deliver and dispatch.  ``shutdown(wait=True)`` waits on `_idle`
-(a Condition notified whenever an actor finishes or a drain returns) in slices.  The
-poller sleeps on `_poke` (set when a batch is sent, and at the end) until the next
-drain is due.
+the callbacks deliver and dispatch.  ``shutdown(wait=True)`` waits on `_idle` (a
+Condition on `_lock`, notified whenever an actor goes idle or a drain returns) in
+slices.  The poller sleeps on `_poke` (set when a batch is sent, a drain returns, and at
+the end) until the next drain is due.  If Ray itself is shut down under an open pool
+(`ray.shutdown()`), the next look at it breaks the pool rather than let a call start a
+new Ray instance from one of our threads (issue 17, hole 10).
 
 Ray is imported only when this backend is used.  If no Ray instance is connected, the
 first pool starts a local one sized to the machine, and the last pool that used it
@@ -45,22 +48,23 @@ import contextlib
 import itertools
 import logging
 import os
-import sys
+import re
 import threading
 import time
-import traceback
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
 from .. import _remote
-from .._devices import activate
-from .._exceptions import BrokenPool, PoolClosed, WorkerCrashed
+from .._exceptions import BrokenPool, WorkerCrashed
 from .._records import SETUP, Busy, setup_busy
 from .._stats import WorkerStats, count_failure, per_worker
-from .._worker import Worker, bind, describe
-from ._base import Backend, FunctionCache, Run, give_up_on_setup, take_runnable
+from .._worker import Worker, describe
+from . import _wire as wire
+from ._actor import Actor, for_ray
+from ._base import Backend, FunctionCache, give_up_on_setup
+from ._ledger import Ledger, Run, ahead
+from ._life import Life, WorkerState
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -78,6 +82,7 @@ BATCH_MAX = 256  # items per batch, at most
 DRAIN_AFTER = 0.01  # seconds a batch runs before its first drain
 DRAIN_MAX = 1.0  # seconds between drains of a long batch, at most
 _DRAIN_WAIT = 2.0  # seconds fail() waits for a drain's answer
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _pool_ids = itertools.count()
 
 # The Ray instance steadypool started (if any) and how many pools use it.
@@ -120,130 +125,31 @@ def _disconnect() -> None:
     with _ray_lock:
         _ray_users -= 1
         if _ray_users == 0 and _ray_started_here:
-            ray.shutdown()
+            if ray.is_initialized():
+                ray.shutdown()
             _ray_started_here = False
 
 
-class _Actor:
-    """The body of one worker actor (wrapped with ray.remote on first use)."""
-
-    def __init__(self, worker: Worker, setup: bytes | None) -> None:
-        self.worker = worker
-        self.setup_bytes = setup
-        self.ident = 0
-        # The item running now: (task id, time.monotonic() here when it started).
-        self.current: tuple[int, float] | None = None
-        self.withdrawn: set[int] = set()  # task ids of the running batch not to start
-        # Outcomes of the running batch not yet handed to the driver, in order; the
-        # batch's thread appends, `drain` (the control thread) takes.  `lock` guards it.
-        self.done: list[tuple[int, str, Any, float]] = []
-        self.lock = threading.Lock()
-
-    def begin(self) -> tuple[int, str]:
-        """Answer as soon as the actor runs: (pid, node id); setup follows."""
-        import ray
-
-        return os.getpid(), ray.get_runtime_context().get_node_id()
-
-    def setup(self) -> tuple[bool, Any, int, str]:
-        import ray
-
-        node = ray.get_runtime_context().get_node_id()
-        self.ident = threading.get_ident()  # stack() shows the setup while it runs
-        try:
-            bind(self.worker)
-            activate(self.worker.device)
-            if self.setup_bytes is not None:
-                self.worker = self.worker.with_state(
-                    cloudpickle.loads(self.setup_bytes)(self.worker)
-                )
-        except BaseException as exc:
-            return False, _remote.exception_payload(exc), os.getpid(), node
-        return True, None, os.getpid(), node
-
-    def run_batch(
-        self,
-        fn: Callable[..., Any],
-        items: list[tuple[int, tuple[Any, ...], dict[str, Any] | None]],
-    ) -> list[tuple[int, str, Any, float]]:
-        """Run each item in order; return the outcomes `drain` has not taken: (task id,
-        tag, result or exception payload, seconds), tag "ok", "err", or "skipped"
-        (withdrawn before it started)."""
-        bind(self.worker)
-        self.ident = threading.get_ident()
-        for task_id, args, kwargs in items:
-            if task_id in self.withdrawn:
-                with self.lock:
-                    self.done.append((task_id, "skipped", None, 0.0))
-                continue
-            started = time.monotonic()
-            self.current = (task_id, started)
-            try:
-                tag, value = "ok", fn(*args) if kwargs is None else fn(*args, **kwargs)
-            except BaseException as exc:
-                tag, value = "err", _remote.exception_payload(exc)
-            self.current = None
-            with self.lock:
-                self.done.append((task_id, tag, value, time.monotonic() - started))
-            value = None
-        self.withdrawn.difference_update(task_id for task_id, _, _ in items)
-        with self.lock:
-            out, self.done = self.done, []
-        return out
-
-    def drain(self) -> tuple[list[tuple[int, str, Any, float]], tuple[int, float] | None]:
-        """(the outcomes finished since the last look, (task id, seconds it has run) of
-        the item running now or None); a control call, beside the running batch."""
-        with self.lock:
-            out, self.done = self.done, []
-        current = self.current
-        return out, None if current is None else (current[0], time.monotonic() - current[1])
-
-    def withdraw(self, task_ids: list[int]) -> None:
-        """Do not start these items of the running batch (a control call)."""
-        self.withdrawn.update(task_ids)
-
-    def stack(self) -> str:
-        frame = sys._current_frames().get(self.ident)
-        if frame is None:
-            return ""
-        return "".join(traceback.format_stack(frame))
-
-
-def _spent() -> None:
-    """Stands for the function of an item whose outcome is delivered."""
-
-
-class _Run(Run):
-    """A `Run` that may have to go alone in a call (after its batch's actor died)."""
-
-    __slots__ = ("closed", "solo", "withdrawn")
-
-    def __init__(self, task: Task) -> None:
-        super().__init__(task)
-        self.solo = False
-        self.withdrawn = False  # the actor was told not to start it
-        # Its outcome is taken care of (delivered, or claimed by fail or a crash); set
-        # under `_lock` by whoever does, once per trip to an actor.
-        self.closed = False
+def _first_line(exc: BaseException) -> str:
+    """``Type: first line of the message``, without Ray's terminal colours."""
+    text = _ANSI.sub("", str(exc)).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 class _Slot:
-    """One actor holding a worker index."""
+    """One actor holding a worker index (fields under the backend's `_lock`)."""
 
     __slots__ = (
         "actor",
         "batch",
-        "begun",
         "busy",
         "current",
         "draining",
         "drains",
         "failed",
         "items",
+        "life",
         "next_drain",
-        "ready",
-        "setup_started",
         "waited",
         "where",
         "worker",
@@ -252,11 +158,9 @@ class _Slot:
     def __init__(self, worker: Worker, actor: Any) -> None:
         self.worker = worker
         self.actor = actor
-        self.ready = False
-        self.begun = False  # the actor process runs (setup is timed from then)
-        self.setup_started: float | None = time.monotonic()  # until setup is done
-        # The batch in the actor's call, in order ([] while idle), and when it was sent.
-        self.batch: list[_Run] = []
+        self.life = Life()
+        # The runs of the actor's call in flight, in order ([] while idle).
+        self.batch: list[Run] = []
         # The item the actor last said it runs, with its start here.
         self.current: tuple[int, float] | None = None
         self.draining = 0  # drain calls in flight
@@ -265,6 +169,11 @@ class _Slot:
         self.where = "actor starting"
         self.items = self.failed = 0
         self.busy = self.waited = 0.0
+
+    @property
+    def begun(self) -> bool:
+        """The actor process runs (it is past STARTING)."""
+        return self.life.state is not WorkerState.STARTING
 
 
 class RayBackend(Backend):
@@ -286,20 +195,17 @@ class RayBackend(Backend):
     ) -> None:
         self.name = name or f"pool{next(_pool_ids)}"
         self.last_done = 0.0
-        self._retries = retries
         try:
             self._setup = None if setup is None else cloudpickle.dumps(setup)
         except Exception as why:
             raise TypeError(f"setup {setup!r} cannot be sent to Ray actors: {why}") from why
         self._ray = _connect(address)
-        self._actor_class = self._ray.remote(concurrency_groups={"control": 1})(_Actor)
+        self._actor_class = self._ray.remote(concurrency_groups={"control": 1})(Actor)
+        self._ledger = Ledger(retries=retries)
         # Re-entrant: a call's done-callback may run at once, in the thread that added it.
         self._lock = threading.RLock()
         self._idle = threading.Condition(self._lock)
-        self._pending: deque[_Run] = deque()
-        self._closed = False
         self._disconnected = False
-        self._broken: BrokenPool | None = None
         self._workers = list(workers)
         self._slots: dict[int, _Slot] = {}
         self._history: list[_Slot] = []
@@ -339,6 +245,10 @@ class RayBackend(Backend):
             lambda future, slot=slot: self._set_up(slot, future)
         )
 
+    def _current(self, slot: _Slot) -> bool:
+        """Whether `slot` still holds its index (`_lock` held)."""
+        return self._slots.get(slot.worker.index) is slot
+
     def _begun(self, slot: _Slot, future: Any) -> None:
         """The actor runs: its setup is timed (task_timeout) from now, as on the other
         backends; until now it was being scheduled and started (stall reports only)."""
@@ -347,117 +257,149 @@ class RayBackend(Backend):
         except Exception:
             return  # it died first: _set_up hears of it too
         with self._lock:
-            if slot.setup_started is not None and not slot.begun:
-                slot.setup_started = time.monotonic()
-                slot.begun = True
+            if slot.life.setup_began():
                 slot.where = f"Ray actor pid {pid} on node {node[:12]}"
 
     def _set_up(self, slot: _Slot, future: Any) -> None:
         with self._lock:
-            current = self._slots.get(slot.worker.index) is slot and slot.setup_started is not None
-            slot.setup_started = None
-        if not current:
-            return  # the watchdog gave up on this setup (fail) and killed the actor
+            if not self._current(slot) or slot.life.state not in (
+                WorkerState.STARTING,
+                WorkerState.SETUP,
+            ):
+                return  # the watchdog gave up on this setup (fail) and killed the actor
         try:
             ok, error, pid, node = future.result()
         except self._ray.exceptions.RayActorError as exc:
             self._died_starting(slot, exc)
             return
         except Exception as exc:  # the setup call failed without the actor dying
-            ok, error, pid, node = False, (exc, "".join(traceback.format_exception(exc))), 0, ""
+            self._break_on_setup(slot, RuntimeError(_first_line(exc)))
+            return
         if not ok:
-            cause, text = error
-            broken = BrokenPool(
-                f"setup(worker) raised {type(cause).__name__}: {cause} on "
-                f"{describe(slot.worker.index, slot.worker.device)} of pool {self.name!r} "
-                "(a Ray actor); the pool cannot run tasks. Fix setup (its traceback is the "
-                "cause below) and create a new Pool.",
-                worker=slot.worker,
-            )
-            broken.__cause__ = _remote.rebuild_exception(cause, text)
-            self._break(broken)
+            _ok, cause = wire.load_outcome(wire.ERR, error, slot.where)
+            self._break_on_setup(slot, cause)
             return
         with self._lock:
             slot.where = f"Ray actor pid {pid} on node {node[:12]}"
-            slot.ready = True
+            slot.life.ready()
             self._start_deaths.pop(slot.worker.index, None)
             self._setup_kills.pop(slot.worker.index, None)
         self._dispatch(slot)
+
+    def _break_on_setup(self, slot: _Slot, cause: BaseException) -> None:
+        broken = BrokenPool(
+            f"setup(worker) raised {type(cause).__name__}: {cause} on "
+            f"{describe(slot.worker.index, slot.worker.device)} of pool {self.name!r} "
+            "(a Ray actor); the pool cannot run tasks. Fix setup (its traceback is the "
+            "cause below) and create a new Pool.",
+            worker=slot.worker,
+        )
+        broken.__cause__ = cause
+        self._break(broken)
 
     def _died_starting(self, slot: _Slot, cause: BaseException) -> None:
         """An actor died before its setup finished (its node was lost, it was killed):
         a crash, not a failing setup; start a fresh one, unless this keeps happening."""
         index = slot.worker.index
         with self._lock:
+            slot.life.end()
             deaths = self._start_deaths[index] = self._start_deaths.get(index, 0) + 1
-            again = deaths < _START_DEATHS and self._broken is None and not self._closed
+            closed = self._ledger.closed
+            again = deaths < _START_DEATHS and self._ledger.broken is None and not closed
             if again:
                 self._start(slot.worker)
-        first = str(cause).splitlines()[0] if str(cause) else ""
         if again:
             logger.warning(
-                "steadypool: the Ray actor of %s in pool %r died while starting (%s: %s); "
+                "steadypool: the Ray actor of %s in pool %r died while starting (%s); "
                 "starting a fresh one (likely cause: its node was lost)",
                 describe(index, slot.worker.device),
                 self.name,
-                type(cause).__name__,
-                first,
+                _first_line(cause),
             )
             return
-        if self._closed:
+        if closed:
             return
         broken = BrokenPool(
             f"the Ray actor of {describe(index, slot.worker.device)} in pool {self.name!r} "
-            f"died {deaths} times in a row while starting, last with {type(cause).__name__}: "
-            f"{first}; no node of the cluster could host it. Check the cluster (ray status): "
+            f"died {deaths} times in a row while starting, last with {_first_line(cause)}; "
+            "no node of the cluster could host it. Check the cluster (ray status): "
             "nodes lost, or none with the resources this worker asks for.",
             worker=slot.worker,
         )
         broken.__cause__ = cause
         self._break(broken)
 
+    def _ray_gone(self) -> bool:
+        """Whether Ray was shut down under this pool; if so, break the pool (once) and
+        fail what the actors held: no call may start a new Ray instance."""
+        if self._ray.is_initialized():
+            return False
+        broken = BrokenPool(
+            f"Ray was shut down (ray.shutdown()) while pool {self.name!r} was open; its "
+            "actors are gone and the pool cannot run tasks. Shut the pool down before Ray."
+        )
+        with self._lock:
+            slots = list(self._slots.values())
+            for slot in slots:
+                slot.life.end()
+                slot.batch = []
+            self._idle.notify_all()
+        for slot in slots:
+            self._ledger.fail_held(slot, lambda _run: broken)
+        self._break(broken)
+        return True
+
+    # --- items -----------------------------------------------------------------------------
+
     def _dispatch(self, slot: _Slot) -> None:
         """Give `slot` its next batch of pending items, if it is idle."""
+        if self._ray_gone():
+            return
         with self._lock:
-            if not slot.ready or slot.batch or self._slots.get(slot.worker.index) is not slot:
+            if not slot.life.takes_items or slot.batch or not self._current(slot):
                 return
-            batch = self._take_batch()
+            count = ahead(self._task_time, below=BATCH_BELOW, budget=BATCH_TIME, most=BATCH_MAX)
+            batch = self._ledger.take(slot, count, same_fn=True)
             if not batch:
                 self._idle.notify_all()
                 return
             now = time.monotonic()
             slot.batch, slot.current = batch, None
             slot.drains, slot.next_drain = 0, now + DRAIN_AFTER
-            for run in batch:
-                run.closed = False
-        fn = batch[0].task[1]
         items = []
         for run in batch:
             run.started = now
-            slot.waited += now - run.task[5]
-            items.append((run.task_id, run.task[2], run.task[3]))
-        ref = slot.actor.run_batch.remote(self._fn_ref(fn), items)
+            slot.waited += now - run.queued_at
+            items.append((run.task_id, run.wire))
+        try:
+            ref = slot.actor.run_batch.remote(self._fn_ref(batch[0].fn), items)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # the call could not be made: the batch's outcome
+            del items
+            self._not_sent(slot, batch, exc)
+            return
+        del items
         ref.future().add_done_callback(
             lambda future, slot=slot, batch=batch: self._finished(slot, batch, future)
         )
         if len(batch) > 1:
             self._poke.set()
 
-    def _take_batch(self) -> list[_Run]:
-        """The next items to send together (`_lock` held): one while items are long or
-        must go alone, else up to BATCH_TIME's worth with the same function."""
-        size = 1
-        if self._task_time < BATCH_BELOW:
-            size = max(1, min(BATCH_MAX, int(BATCH_TIME / max(self._task_time, 1e-7))))
-        batch: list[_Run] = []
-        while len(batch) < size and (run := take_runnable(self._pending)) is not None:
-            if batch and (run.solo or run.task[1] is not batch[0].task[1]):
-                self._pending.appendleft(run)  # it starts the next batch
-                break
-            batch.append(run)
-            if run.solo:
-                break
-        return batch
+    def _not_sent(self, slot: _Slot, batch: list[Run], cause: BaseException) -> None:
+        """A call that Ray refused to make: each item goes alone, and one that cannot
+        go alone either fails with why."""
+        with self._lock:
+            if slot.batch is batch:
+                slot.batch = []
+        if self._ray_gone():
+            return
+        if len(batch) > 1:
+            self._ledger.requeue_solo(batch)
+        else:
+            error = RuntimeError(f"the item could not be sent to a Ray actor: {_first_line(cause)}")
+            self._ledger.settle(batch[0], False, error, None)
+        self._dispatch(slot)
 
     def _fn_ref(self, fn: Callable[..., Any]) -> Any:
         """The function in Ray's object store, put once while the function lives."""
@@ -467,7 +409,7 @@ class RayBackend(Backend):
             self._fn_refs.put(fn, ref)
         return ref
 
-    def _finished(self, slot: _Slot, batch: list[_Run], future: Any) -> None:
+    def _finished(self, slot: _Slot, batch: list[Run], future: Any) -> None:
         with self._lock:
             if slot.batch is not batch:
                 return  # claimed by the watchdog: its outcomes are delivered
@@ -475,47 +417,32 @@ class RayBackend(Backend):
         try:
             outcomes = future.result()
         except Exception as exc:
-            self._crashed(slot, batch, exc)
+            self._crashed(slot, exc)
             return
-        self._deliver(slot, batch, outcomes)
+        self._deliver(slot, outcomes)
         del outcomes
         self._dispatch(slot)
 
-    def _deliver(
-        self, slot: _Slot, batch: list[_Run], outcomes: list[tuple[int, str, Any, float]]
-    ) -> None:
-        """Hand the owners the outcomes an actor returned (those of runs nobody closed)."""
+    def _deliver(self, slot: _Slot, outcomes: list[tuple[int, str, list[Any], float]]) -> None:
+        """Settle the items an actor reported (those nobody settled yet)."""
         finished = time.monotonic()
-        by_id = {run.task_id: run for run in batch}
-        mine = []
-        with self._lock:
-            for outcome in outcomes:
-                run = by_id[outcome[0]]
-                if not run.closed:
-                    run.closed = True
-                    mine.append((run, outcome))
-                    # Its batch may run on: keep its key, not its function or arguments.
-                    task = run.task
-                    run.task = (task[0], _spent, (), None, task[4], task[5])
-        del by_id
-        for run, (_, tag, value, took) in mine:
-            if tag == "skipped":
-                continue  # withdrawn: its owner waits for nothing
-            self._count_done(slot, run, finished, took)
-            self._hand_over(slot, run, tag == "ok", value)
-        del mine
-
-    def _claim(self, batch: list[_Run], spare: _Run | None = None) -> list[_Run]:
-        """Close and return the runs of `batch` nobody closed yet (`_lock` held), but
-        `spare`."""
-        mine = [r for r in batch if not r.closed and r is not spare]
-        for run in mine:
-            run.closed = True
-        return mine
+        for task_id, tag, frames, took in outcomes:
+            run = self._ledger.find(slot, task_id)
+            if run is None:
+                continue
+            if tag == wire.SKIPPED:
+                self._ledger.skip(run)  # withdrawn: its owner waits for nothing
+                continue
+            ok, value = wire.load_outcome(tag, frames, slot.where)
+            if self._ledger.settle(run, ok, value, slot.worker):
+                self._count_done(slot, ok, finished, took)
+            del value
 
     def _poll(self) -> None:
         """Drain the batches that run long (see the module docstring); ends at _stop."""
         while True:
+            if self._ray_gone():
+                return
             with self._lock:
                 if self._disconnected:
                     return
@@ -542,7 +469,7 @@ class RayBackend(Backend):
             self._poke.wait(None if wake is None else max(0.0, wake - now))
             self._poke.clear()
 
-    def _drain(self, slot: _Slot, batch: list[_Run], done: threading.Event | None = None) -> None:
+    def _drain(self, slot: _Slot, batch: list[Run], done: threading.Event | None = None) -> None:
         """Ask the actor of `slot` for what `batch` has finished and what runs now; the
         answer is handled by `_drained` (then `done` is set)."""
         with self._lock:
@@ -558,24 +485,19 @@ class RayBackend(Backend):
         ref.future().add_done_callback(lambda future: self._drained(slot, batch, future, done))
 
     def _drained(
-        self, slot: _Slot, batch: list[_Run], future: Any, done: threading.Event | None
+        self, slot: _Slot, batch: list[Run], future: Any, done: threading.Event | None
     ) -> None:
         try:
             try:
                 outcomes, current = future.result()
             except Exception:
-                # The actor died: the batch's call fails too and claims what is left,
-                # unless it ended already, leaving this answer's outcomes with nobody.
-                with self._lock:
-                    lost = [] if slot.batch is batch else self._claim(batch)
-                self._run_alone(lost)
-                return
+                return  # the actor died: the batch's call fails too (_crashed)
             with self._lock:
                 if slot.batch is batch:
                     slot.current = (
                         None if current is None else (current[0], time.monotonic() - current[1])
                     )
-            self._deliver(slot, batch, outcomes)
+            self._deliver(slot, outcomes)
         finally:
             with self._lock:
                 slot.draining -= 1
@@ -584,93 +506,71 @@ class RayBackend(Backend):
             if done is not None:
                 done.set()
 
-    def _run_alone(self, runs: list[_Run]) -> None:
-        """Queue `runs` again, each for a call of its own, at the head (in order)."""
-        if not runs:
-            return
-        for run in runs:
-            run.solo = True
-        with self._lock:
-            self._pending.extendleft(reversed(runs))
-            idle = [s for s in self._slots.values() if s.ready and not s.batch]
-        for slot in idle:
-            self._dispatch(slot)
-
-    def _crashed(self, slot: _Slot, batch: list[_Run], cause: BaseException) -> None:
-        ray = self._ray
-        actor_died = isinstance(cause, ray.exceptions.RayActorError)
-        with self._lock:
-            runs = self._claim(batch)
-            requeue = len(runs) == 1 and actor_died and runs[0].attempts <= self._retries
-            if requeue:
-                runs[0].attempts += 1
-                self._pending.appendleft(runs[0])
-            if actor_died and self._slots.get(slot.worker.index) is slot and not self._broken:
-                self._start(slot.worker)
-        if not runs:
+    def _crashed(self, slot: _Slot, cause: BaseException) -> None:
+        """The actor's call failed: its actor died (or the call broke in Ray)."""
+        actor_died = isinstance(cause, self._ray.exceptions.RayActorError)
+        held = self._ledger.held(slot)
+        if actor_died:
+            with self._lock:
+                slot.life.end()
+                if self._current(slot) and self._ledger.broken is None:
+                    self._start(slot.worker)
+        if not held:
             if not actor_died:
                 self._dispatch(slot)
             return
-        if len(runs) > 1:
+        if len(held) > 1:
             # Which item failed is not known: each goes again in a call of its own, so
             # the failure names its item (attempts unchanged: none of them failed yet).
             logger.warning(
-                "steadypool: a batch of %d items on %s (%s) failed (%s: %s); running them "
+                "steadypool: a batch of %d items on %s (%s) failed (%s); running them "
                 "again one per call to find the item",
-                len(runs),
+                len(held),
                 describe(slot.worker.index, slot.worker.device),
                 slot.where,
-                type(cause).__name__,
-                str(cause).splitlines()[0] if str(cause) else "",
+                _first_line(cause),
             )
-            self._run_alone(runs)
+            self._ledger.requeue_solo(held)
+            self._dispatch_idle()
             return
-        (run,) = runs
+        (run,) = held
+        started = run.started
         if not actor_died:
-            # The call failed without the actor dying: its result could not travel back.
-            count_failure(slot, run.started, time.monotonic())
-            run.task[4].put(
-                (
-                    run.task[0],
-                    False,
-                    _remote.rebuild_exception(
-                        RuntimeError(
-                            f"the result could not be sent back from the Ray actor: "
-                            f"{type(cause).__name__}: {cause}"
-                        ),
-                        "",
-                    ),
-                    slot.worker,
-                )
+            error = RuntimeError(
+                f"the Ray call running the item failed without its actor dying: "
+                f"{_first_line(cause)}"
             )
+            if self._ledger.settle(run, False, error, slot.worker):
+                count_failure(slot, started, time.monotonic())
             self._dispatch(slot)
             return
-        item = run.task[4].position(run.task[0])
+        culprit = self._ledger.release(slot, run)
+        position = run.position
         crash = WorkerCrashed(
             f"{describe(slot.worker.index, slot.worker.device)} ({slot.where}) died while "
-            f"running {'a submitted task' if item is None else f'item {item}'}: "
-            f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}; "
-            "likely cause: the actor was killed (ray.kill, the OOM killer) or its node was "
-            "lost. "
-            + ("Retrying it; " if requeue else "The item failed; ")
+            f"running {'a submitted task' if position is None else f'item {position}'}: "
+            f"{_first_line(cause)}; likely cause: the actor was killed (ray.kill, the OOM "
+            "killer) or its node was lost. "
+            + ("Retrying it; " if culprit is None else "The item failed; ")
             + "a fresh actor takes its place.",
             worker=slot.worker,
         )
-        if requeue:
+        if culprit is None:
             logger.warning("steadypool: %s", crash)
-        else:
-            count_failure(slot, run.started, time.monotonic())
-            run.task[4].put((run.task[0], False, crash, slot.worker))
+            self._dispatch_idle()
+        elif self._ledger.settle(culprit, False, crash, slot.worker):
+            count_failure(slot, started, time.monotonic())
+
+    def _dispatch_idle(self) -> None:
+        with self._lock:
+            idle = [s for s in self._slots.values() if s.life.takes_items and not s.batch]
+        for slot in idle:
+            self._dispatch(slot)
 
     def _break(self, broken: BrokenPool) -> None:
+        self._ledger.break_pool(broken)
         with self._lock:
-            if self._broken is None:
-                self._broken = broken
-            dropped = list(self._pending)
-            self._pending.clear()
             self._idle.notify_all()
-        for run in dropped:
-            run.task[4].put((run.task[0], False, self._broken, None))
 
     # --- the Backend interface -------------------------------------------------------------
 
@@ -680,7 +580,7 @@ class RayBackend(Backend):
 
     @property
     def broken(self) -> BrokenPool | None:
-        return self._broken
+        return self._ledger.broken
 
     def prepare(self, fn: Callable[..., Any]) -> None:
         try:
@@ -692,30 +592,28 @@ class RayBackend(Backend):
             ) from why
 
     def submit(self, task: Task) -> None:
-        run = _Run(task)
-        with self._lock:
-            if self._closed:
-                raise PoolClosed("cannot submit to a steadypool Pool after shutdown()")
-            if self._broken is not None:
-                raise self._broken
-            self._pending.append(run)
-            idle = [s for s in self._slots.values() if s.ready and not s.batch]
-        for slot in idle[:1]:
-            self._dispatch(slot)
+        ledger = self._ledger
+        ledger.check_open()
+        run = Run(task)
+        try:
+            frames = _remote.dumps((run.args, run.kwargs))
+        except KeyboardInterrupt:
+            raise
+        except BaseException as why:  # SystemExit from a __reduce__ too
+            error = _remote.argument_error(run.args, run.kwargs, why, "a Ray actor")
+            ledger.settle(run, False, error, None)
+            return
+        run.wire = for_ray(frames)
+        ledger.add(run)
+        self._dispatch_idle()
 
     def shutdown(self, *, wait: bool, cancel: bool) -> None:
-        with self._lock:
-            self._closed = True
-            dropped = []
-            if cancel:
-                # What idle or starting workers take next still runs (Backend.shutdown).
+        self._ledger.close()
+        if cancel:
+            # What idle or starting workers take next still runs (Backend.shutdown).
+            with self._lock:
                 busy = sum(1 for s in self._slots.values() if s.batch)
-                free = max(0, len(self._workers) - busy)
-                while len(self._pending) > free:
-                    dropped.append(self._pending.pop())
-                dropped.reverse()
-        for run in dropped:
-            run.task[4].drop(run.task[0])
+            self._ledger.cancel(max(0, len(self._workers) - busy))
         if wait:
             self._stop()
         else:
@@ -723,15 +621,38 @@ class RayBackend(Backend):
                 target=self._stop, name=f"steadypool-{self.name}-stop", daemon=True
             ).start()
 
+    def halt(self) -> None:
+        """Stop now: kill every actor; what they ran fails, nothing more starts."""
+        self._ledger.close()
+        self._ledger.cancel(0)
+        stopped = WorkerCrashed(f"the pool {self.name!r} was stopped while the item was running")
+        with self._lock:
+            slots = list(self._slots.values())
+            for slot in slots:
+                slot.life.doom()
+                slot.batch = []
+            self._idle.notify_all()
+        for slot in slots:
+            self._ledger.fail_held(slot, lambda _run: stopped)
+            with contextlib.suppress(Exception):
+                self._ray.kill(slot.actor, no_restart=True)
+        self._break(BrokenPool(f"the pool {self.name!r} was stopped"))
+
     def _stop(self) -> None:
         """Wait until nothing runs or is queued, then kill the actors (once)."""
-        with self._lock:
-            # Like the other backends, every worker finishes its setup before it stops.
-            while self._broken is None and (
-                self._pending
-                or any(s.batch or s.draining or not s.ready for s in self._slots.values())
-            ):
+        # Like the other backends, every worker finishes its setup before it stops.
+        while not self._ray_gone():
+            with self._lock:
+                if self._ledger.broken is not None or (
+                    self._ledger.idle()
+                    and not any(
+                        s.batch or s.draining or not s.life.takes_items
+                        for s in self._slots.values()
+                    )
+                ):
+                    break
                 self._idle.wait(_JOIN_SLICE)  # notified whenever an actor goes idle
+        with self._lock:
             if self._disconnected:
                 return
             self._disconnected = True
@@ -739,32 +660,32 @@ class RayBackend(Backend):
         self._poke.set()
         if threading.current_thread() is not self._poller:
             self._poller.join(_JOIN_SLICE * 4)
-        for slot in slots:
-            with contextlib.suppress(Exception):
-                self._ray.kill(slot.actor, no_restart=True)
+        if self._ray.is_initialized():
+            for slot in slots:
+                with contextlib.suppress(Exception):
+                    self._ray.kill(slot.actor, no_restart=True)
         _disconnect()
 
     def busy(self) -> list[Busy]:
         found = []
-        for slot in list(self._slots.values()):
-            started = slot.setup_started
-            if started is not None:
+        with self._lock:
+            slots = [(s, s.life.state, s.life.since, s.batch) for s in self._slots.values()]
+        for slot, state, since, batch in slots:
+            if state in (WorkerState.STARTING, WorkerState.SETUP):
+                timed = state is WorkerState.SETUP
                 found.append(
-                    setup_busy(
-                        id(slot), slot.worker, started, slot.where, (slot, SETUP), timed=slot.begun
-                    )
+                    setup_busy(id(slot), slot.worker, since, slot.where, (slot, SETUP), timed=timed)
                 )
                 continue
-            batch = slot.batch
-            if not batch:
+            if not batch or state is not WorkerState.READY:
                 continue
             run, started = self._running(slot, batch)
             found.append(
                 Busy(
                     run.task_id,
                     slot.worker,
-                    run.task[0],
-                    run.task[4],
+                    run.key,
+                    run.owner,
                     started,
                     slot.where,
                     (slot, run, batch),
@@ -772,14 +693,15 @@ class RayBackend(Backend):
             )
         return found
 
-    def _running(self, slot: _Slot, batch: list[_Run]) -> tuple[_Run, float]:
+    def _running(self, slot: _Slot, batch: list[Run]) -> tuple[Run, float]:
         """The item of `batch` running now and since when (here): a lone item's; in a
         batch, the one its actor named at the last drain, else the first not finished,
         timed from when the batch was sent (earlier than it started: an estimate that
         `fail` checks before acting on it)."""
-        current = slot.current
         with self._lock:
-            open_runs = [r for r in batch if not r.closed]
+            current = slot.current
+        held = {run.task_id for run in self._ledger.held(slot)}
+        open_runs = [r for r in batch if r.task_id in held]
         for run in open_runs:
             if current is not None and run.task_id == current[0]:
                 return run, current[1]
@@ -788,10 +710,13 @@ class RayBackend(Backend):
 
     def stack(self, busy: Busy) -> str:
         slot, run = busy.handle[:2]
-        if run is SETUP:
-            if slot.setup_started is None:
+        with self._lock:
+            if run is SETUP:
+                if not slot.life.in_setup:
+                    return ""
+            elif run not in slot.batch:
                 return ""
-        elif run not in slot.batch:
+        if self._ray_gone():
             return ""
         try:
             ref = slot.actor.stack.options(concurrency_group="control").remote()
@@ -810,6 +735,7 @@ class RayBackend(Backend):
         slot, run = busy.handle[:2]
         if run is SETUP:
             return self._fail_setup(busy, slot, error, retry=retry)
+        assert isinstance(run, Run)
         batch = busy.handle[2]
         if len(batch) > 1:
             # Be sure of the item first: what finished is delivered, and the actor says
@@ -817,58 +743,76 @@ class RayBackend(Backend):
             drained = threading.Event()
             self._drain(slot, batch, drained)
             drained.wait(_DRAIN_WAIT)
-            current = slot.current
+            with self._lock:
+                current = slot.current
             if current is None or current[0] != run.task_id or current[1] > busy.started + 1e-3:
                 return False  # another item runs, or this one for less: look again later
         with self._lock:
-            if slot.batch is not batch or run.closed:
+            if slot.batch is not batch or self._ledger.find(slot, run.task_id) is not run:
                 return False  # finished (or died) first
+            slot.life.doom()
             slot.batch, slot.current = [], None
-            requeue = retry and run.attempts <= self._retries
-            if requeue:
-                run.attempts += 1
+            started = run.started
             # The others go back as they were: those before it finished, but their
             # results die with the actor, and run again.
-            back = self._claim(batch, spare=None if requeue else run)
-            run.closed = True
-            self._pending.extendleft(reversed(back))
+            culprit = self._ledger.release(slot, run, retry=retry)
             self._start(slot.worker)  # the replacement takes the index at once
         with contextlib.suppress(Exception):
             self._ray.kill(slot.actor, no_restart=True)
-        if not requeue:
-            count_failure(slot, run.started, time.monotonic())
-            run.task[4].put((run.task[0], False, error, slot.worker))
+        if culprit is not None and self._ledger.settle(culprit, False, error, slot.worker):
+            count_failure(slot, started, time.monotonic())
         return True
 
     def withdraw(self) -> None:
         """Tell each actor not to start the items of its batch whose owners no longer
         want them; waits for the answers, so none of them starts after this returns."""
         asked = []
-        for slot in list(self._slots.values()):
-            with self._lock:
-                unwanted = [
-                    r
-                    for r in slot.batch
-                    if not (r.withdrawn or r.closed or r.task[4].wanted(r.task[0]))
-                ]
-                for run in unwanted:
-                    run.withdrawn = True
-            if unwanted:
+        with self._lock:
+            slots = list(self._slots.values())
+        for slot in slots:
+            unwanted = self._ledger.unwanted(slot)
+            if unwanted and not self._ray_gone():
                 call = slot.actor.withdraw.options(concurrency_group="control")
                 asked.append(call.remote([r.task_id for r in unwanted]))
         with contextlib.suppress(Exception):  # an actor that died runs nothing more
             self._ray.get(asked, timeout=5.0)
+
+    def stop_unwanted(self) -> None:
+        """Kill the actors running an item nobody waits for (the consumer left the
+        `with` block by an exception); a fresh actor replaces one only while items wait."""
+        with self._lock:
+            slots = [(s, s.batch) for s in self._slots.values() if s.batch]
+        for slot, batch in slots:
+            run, _started = self._running(slot, batch)
+            if run.owner.wanted(run.key):
+                continue
+            with self._lock:
+                if slot.batch is not batch or not slot.life.doom():
+                    continue
+                slot.batch, slot.current = [], None
+                self._ledger.release(slot, None)
+                if self._ledger.queued:
+                    self._start(slot.worker)
+                else:
+                    del self._slots[slot.worker.index]
+                self._idle.notify_all()
+            with contextlib.suppress(Exception):
+                self._ray.kill(slot.actor, no_restart=True)
+        self._dispatch_idle()
 
     def _fail_setup(self, busy: Busy, slot: _Slot, error: BaseException, *, retry: bool) -> bool:
         """The watchdog gives up on an actor's setup: kill it; a fresh actor runs setup
         again while `retries` allow, else the pool breaks."""
         index = slot.worker.index
         with self._lock:
-            if slot.setup_started is None or self._slots.get(index) is not slot:
+            if not self._current(slot) or slot.life.state not in (
+                WorkerState.STARTING,
+                WorkerState.SETUP,
+            ):
                 return False  # it finished (or died) first
-            slot.setup_started = None
+            slot.life.doom()
             kills = self._setup_kills[index] = self._setup_kills.get(index, 0) + 1
-            retries = self._retries if retry else 0
+            retries = self._ledger.retries if retry else 0
             broken = give_up_on_setup(
                 self.name, busy, error, attempt=kills, retries=retries, fresh="Ray actor"
             )
@@ -881,7 +825,11 @@ class RayBackend(Backend):
         return True
 
     def counts(self) -> tuple[int, int]:
-        return sum(s.items for s in self._history), len(self._pending)
+        return self._ledger.done, self._ledger.queued
+
+    @property
+    def failed(self) -> int:
+        return self._ledger.failed
 
     def worker_stats(self) -> tuple[tuple[WorkerStats, ...], int, int]:
         history = list(self._history)
