@@ -56,6 +56,22 @@ def _refuse_at_exit() -> None:
         raise RuntimeError("cannot schedule new futures after interpreter shutdown")
 
 
+# Forks of this process so far, as counted in each forked child (`os.register_at_fork`):
+# a pool made before the last fork has no threads and no workers here (a fork copies
+# only the thread that forked), so it must refuse work at once rather than take it and
+# never run it (issue 17, hole 5).  Written only in a child right after a fork, when it
+# has one thread.
+_forks = 0
+
+
+def _count_fork() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_count_fork)
+
+
 def _check_int(name: str, value: object, minimum: int, meaning: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int >= {minimum} ({meaning}), got {value!r}")
@@ -246,6 +262,7 @@ class Pool(Executor):
         if setup is not None:
             _check_callable("setup", setup)
         check_available(parsed)
+        self._born = (_forks, os.getpid())
         self._progress = bool(progress)
         self._workers = tuple(Worker(i, device) for i, device in enumerate(parsed))
         self._backend: Backend = backend_class(
@@ -272,6 +289,20 @@ class Pool(Executor):
             self, _close, self._backend, self._monitor, wait=False, cancel=False
         )
         _exit.register(self._backend, self._monitor, self._backend.name, stall_timeout)
+
+    def _check_usable(self) -> None:
+        """Refuse new work at interpreter exit, and in a process forked from the one
+        that made the pool."""
+        _refuse_at_exit()
+        if self._born[0] != _forks:
+            raise RuntimeError(
+                f"this steadypool Pool was created in process {self._born[1]} and cannot be "
+                f"used in process {os.getpid()}, forked from it: its workers and threads "
+                "stayed in the parent (a fork copies only the thread that forked), so work "
+                "submitted here would never run. Create the pool in the child process, or "
+                "start the child with 'spawn' (a torch DataLoader: "
+                "multiprocessing_context='spawn')"
+            )
 
     @property
     def workers(self) -> int:
@@ -331,7 +362,7 @@ class Pool(Executor):
         args: tuple[Any, ...],
         kwargs: dict[str, Any] | None = None,
     ) -> Future[T]:
-        _refuse_at_exit()
+        self._check_usable()
         future: Future[T] = Future()
         self._backend.submit(((future, position), fn, args, kwargs, _FUTURES, time.monotonic()))
         return future
@@ -380,7 +411,7 @@ class Pool(Executor):
         self, fn: Callable[..., T], argtuples: Iterator[tuple[Any, ...]], end: float | None
     ) -> Generator[T, None, None]:
         """`map` with one task per item: all submitted now, under one owner."""
-        _refuse_at_exit()
+        self._check_usable()
         owner = StreamOwner()
         submit = self._backend.submit
         count = 0
@@ -518,6 +549,7 @@ class Pool(Executor):
         if on_error not in _ON_ERROR:
             raise ValueError(f"on_error must be 'raise' or 'return', got {on_error!r}")
         source = iter(iterable)  # TypeError now, not at the first next()
+        self._check_usable()
         self._backend.prepare(fn)
         if self._finalizer.alive is False:
             raise RuntimeError("cannot start an imap on a steadypool Pool after shutdown()")

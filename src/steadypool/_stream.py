@@ -23,7 +23,6 @@ set, when nobody waits any more.  So the consumer's wait always ends.
 
 from __future__ import annotations
 
-import sys
 import time
 from concurrent.futures import CancelledError
 from queue import Empty, SimpleQueue
@@ -31,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._exceptions import BrokenPool, PoolClosed, StallError, add_note, add_task_note
 from ._exit import track_stream
+from ._sizes import nbytes
 from ._window import Window
 
 if TYPE_CHECKING:
@@ -75,8 +75,8 @@ SIGNAL_SLICE = 0.25
 # while items are handed out faster than GROW_BELOW seconds apiece (then a hand-off per
 # item, ~50 us of wake-ups, is what costs; with more items queued, workers and consumer
 # rarely sleep), halves back while slower than SHRINK_ABOVE, and never exceeds
-# ADAPTIVE_MAX items nor, by the sizes `sys.getsizeof` sees of an item and a result,
-# ADAPTIVE_BYTES.
+# ADAPTIVE_MAX items nor, by the sizes of an item and a result (`nbytes`: the memory behind
+# arrays, tensors and images too), ADAPTIVE_BYTES.
 GROW_BELOW = 1e-3
 SHRINK_ABOVE = 10e-3
 ADAPTIVE_MAX = 1024
@@ -197,7 +197,7 @@ def run_stream(
             read = clock()
             slow_read = read - begun if read - begun > SLOW_READ else 0.0
             if adaptive:
-                item_size = sys.getsizeof(item)
+                item_size = nbytes(item)
             try:
                 submit((window.read, fn, (item,), None, owner, read))
             except PoolClosed as exc:
@@ -234,7 +234,7 @@ def run_stream(
             outcome = arrived = value = None
             window.hand_out()
             if adaptive and window.handed - checked_count >= window.capacity:
-                value_size = sys.getsizeof(out[-1])
+                value_size = nbytes(out[-1])
                 adapt()
             if not slow_read and (not adaptive or window.room() >= window.capacity // 8):
                 # Before the yield: the workers stay busy while the consumer works.  A
