@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BrokenPool",
+    "Halted",
     "PoolClosed",
     "RemoteError",
     "StallError",
@@ -165,6 +166,17 @@ class BrokenPool(BrokenExecutor):
 
     def __reduce__(self) -> tuple[type[BrokenPool], tuple[str], dict[str, object]]:
         return (type(self), (str(self),), {"worker": self.worker})
+
+
+class Halted(BaseException):
+    """Internal: raised inside a task on a worker thread when its pool is halted (Ctrl-C
+    in the consumer, or interpreter exit while the task runs for nobody), at the next
+    line of Python the task runs.
+
+    A BaseException, like KeyboardInterrupt, so that a task's ``except Exception`` does
+    not swallow it; the worker thread ends with it.  A thread stuck in one native call
+    sees it only when that call returns.
+    """
 
 
 class PoolClosed(RuntimeError):

@@ -15,7 +15,10 @@ op) when the interpreter finalizes is ended by CPython (< 3.14) with pthread_exi
 unwinds through C++ frames and aborts the process ("terminate called without an active
 exception", SIGABRT).  So tasks still running get `_EXIT_GRACE` seconds to return even
 when their results are unwanted (a cancelled stream, a thread abandoned by task_timeout);
-a task that is truly wedged never returns and never aborts, and the exit goes on.
+then each backend is halted (`Backend.halt`: threads get an exception raised in them at
+the next line of Python they run, which ends a loop of short native calls) and they get
+another `_EXIT_GRACE`.  A task that is truly wedged in one native call never returns
+and never aborts, and the exit goes on.
 
 Watched: submitted work is waited for while it makes progress (not that of a pool left
 by Ctrl-C: the user asked to stop, so its running tasks only get the grace).  The pool's
@@ -141,7 +144,7 @@ def finish_at_exit() -> None:
 def _wait(entries: list[tuple[Backend, _Entry]]) -> None:
     start = last_progress = time.monotonic()
     last_state: tuple[int, int] | None = None
-    told = False
+    told = halted = False
     while True:
         live = [(b, e) for b, e in entries if not b.stopped]
         if not live:
@@ -156,7 +159,15 @@ def _wait(entries: list[tuple[Backend, _Entry]]) -> None:
         if state != last_state:
             last_state, last_progress = state, now
         if not wanted:
-            if now - start >= _EXIT_GRACE:
+            if now - start >= _EXIT_GRACE and not halted:
+                # Stop what nobody waits for at the next line of Python it runs: a
+                # thread that keeps calling short native ops would otherwise re-enter
+                # the interpreter during finalization and abort it (issue 17, hole 4).
+                halted = True
+                for backend, _entry in live:
+                    with contextlib.suppress(Exception):
+                        backend.halt()
+            elif now - start >= 2 * _EXIT_GRACE:
                 logger.warning(
                     "steadypool: exiting while tasks nobody waits for still run in %s "
                     "(a cancelled stream's, or a thread abandoned after task_timeout); "

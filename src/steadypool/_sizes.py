@@ -45,7 +45,7 @@ def _nbytes(obj: Any, depth: int) -> int:
         return int(obj.element_size() * obj.nelement()) + 100
     if module.startswith("PIL.") and hasattr(obj, "getbands"):
         width, height = obj.size
-        return width * height * len(obj.getbands()) * _PIL_BAND_BYTES.get(obj.mode, 1) + 100
+        return int(width * height * len(obj.getbands()) * _PIL_BAND_BYTES.get(obj.mode, 1) + 100)
     if depth <= 0:
         return sys.getsizeof(obj)
     if isinstance(obj, dict):

@@ -34,6 +34,7 @@ from exiting (the seed's program hung exactly there).
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import logging
 import sys
@@ -44,7 +45,7 @@ from queue import Empty, SimpleQueue
 from typing import TYPE_CHECKING, Any
 
 from .._devices import activate
-from .._exceptions import BrokenPool, PoolClosed
+from .._exceptions import BrokenPool, Halted, PoolClosed
 from .._records import Busy, setup_busy
 from .._stats import WorkerStats, count_failure, per_worker
 from .._worker import Worker, bind, describe, leave_signals_to_the_main_thread
@@ -199,7 +200,27 @@ class ThreadBackend(Backend):
                 pending[0].join(_JOIN_SLICE)
 
     def _run(self, slot: _Slot) -> None:
-        """Body of one worker thread: setup, then tasks until a stop sentinel."""
+        """Body of one worker thread: setup, then tasks until a stop sentinel (or `halt`)."""
+        try:
+            self._serve(slot)
+        except Halted:
+            bind(None)  # halted (the exception may land between two tasks, too)
+
+    def halt(self) -> None:
+        """Raise `Halted` in every thread of this pool running a task or setup, abandoned
+        ones included, at the next line of Python it runs; what they ran fails.  Queued
+        tasks are left to `shutdown`."""
+        with self._lock:
+            slots = [s for s in self._slots if _alive(s)]
+        for slot in slots:
+            thread = slot.thread
+            busy = slot.current is not None or slot.setup_started is not None
+            if thread is not None and thread.ident is not None and (busy or slot.abandoned):
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                    ctypes.c_ulong(thread.ident), ctypes.py_object(Halted)
+                )
+
+    def _serve(self, slot: _Slot) -> None:
         leave_signals_to_the_main_thread()
         worker = slot.worker
         bind(worker)
