@@ -5,6 +5,7 @@ from ._exceptions import BrokenPool as BrokenPool
 from ._exceptions import RemoteError as RemoteError
 from ._exceptions import StallError as StallError
 from ._exceptions import TaskTimeout as TaskTimeout
+from ._exceptions import UnpicklableArgument as UnpicklableArgument
 from ._exceptions import WorkerCrashed as WorkerCrashed
 from ._pool import Pool as Pool
 from ._records import BusyWorker as BusyWorker
@@ -25,6 +26,7 @@ __all__ = (
     "StallError",
     "StallReport",
     "TaskTimeout",
+    "UnpicklableArgument",
     "Worker",
     "WorkerCrashed",
     "WorkerStats",
