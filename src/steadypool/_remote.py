@@ -160,6 +160,9 @@ def exception_payload(exc: BaseException) -> tuple[Any, str]:
     except KeyboardInterrupt:
         raise
     except BaseException as why:  # SystemExit from pickling machinery too (loky's cases)
+        frozen = _Frozen(exc)
+        if frozen.travels():
+            return frozen, text
         substitute = RemoteError(
             type_name=f"{type(exc).__module__}.{type(exc).__qualname__}",
             message=str(exc),
@@ -168,6 +171,43 @@ def exception_payload(exc: BaseException) -> tuple[Any, str]:
         )
         return substitute, text
     return exc, text
+
+
+class _Frozen:
+    """Carries an exception whose attributes cannot be set the usual way (a frozen
+    dataclass: pickle's ``__setstate__`` assigns them and is refused); unpickles as the
+    exception itself, its attributes set past its ``__setattr__``."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def travels(self) -> bool:
+        """Whether it survives a round trip; only for exceptions that pickle the
+        default way (a class with its own reducer said how it travels, or that it
+        cannot)."""
+        kind = type(self.exc)
+        if kind.__reduce__ is not BaseException.__reduce__ or (
+            kind.__reduce_ex__ is not BaseException.__reduce_ex__
+        ):
+            return False
+        try:
+            return type(pickle.loads(cloudpickle.dumps(self, protocol=5))) is type(self.exc)
+        except KeyboardInterrupt:
+            raise
+        except BaseException:
+            return False
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        exc = self.exc
+        return (_thaw, (type(exc), exc.args, dict(getattr(exc, "__dict__", {}))))
+
+
+def _thaw(kind: type[BaseException], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
+    exc = kind.__new__(kind, *args)
+    BaseException.__init__(exc, *args)
+    for name, value in state.items():
+        object.__setattr__(exc, name, value)
+    return exc
 
 
 def rebuild_exception(exc: BaseException, text: str) -> BaseException:
