@@ -47,12 +47,9 @@ import os
 import pickle
 import select
 import shutil
-import signal
-import socket
 import tempfile
 import threading
 import time
-from collections import OrderedDict
 from multiprocessing.connection import wait
 from typing import TYPE_CHECKING, Any
 
@@ -62,16 +59,18 @@ from .. import _remote
 from .._devices import child_view
 from .._exceptions import BrokenPool, WorkerCrashed
 from .._records import SETUP, Busy, setup_busy
-from .._stats import WorkerStats, count_failure, per_worker
+from .._stats import count_failure
 from .._worker import Worker, describe
 from . import _wire as wire
-from ._base import Backend, FunctionCache, give_up_on_setup
-from ._child import FN_CACHE, Slot, child_main
-from ._ledger import Ledger, Run, ahead
-from ._life import Life, WorkerState
+from ._base import FunctionCache, give_up_on_setup
+from ._child import FN_CACHE
+from ._ledger import Run, ahead
+from ._life import WorkerState
+from ._queued import QueuedBackend
+from ._worker_process import WorkerProcess
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterator, Sequence
 
     from .._records import Task
 
@@ -82,10 +81,8 @@ logger = logging.getLogger("steadypool")
 START_METHODS = ("spawn", "forkserver")
 _JOIN_SLICE = 0.5
 _STOP_GRACE = 3.0  # seconds a child gets to exit after STOP before it is killed
-_STACK_WAIT = 1.0  # seconds to wait for a child's faulthandler dump
 _DRAIN_WAIT = 0.5  # seconds to read what a dead child sent before it died
 _START_FAILURES = 3  # consecutive deaths of one index before it runs a task: broken
-_pool_ids = itertools.count()
 _live_backends: set[ProcessBackend] = set()  # for the exit hook; guarded by the GIL
 _PREFETCH_BELOW = 0.005  # seconds: send tasks ahead while tasks average less than this
 AHEAD_TIME = 0.002  # seconds of work sent ahead to a child while tasks are short
@@ -93,52 +90,11 @@ AHEAD_MAX = 64  # tasks sent ahead to a child, at most
 _ORDER = {"wake": 0, "message": 1, "died": 2}
 
 
-class _Child:
-    """One worker process, as the manager sees it; the ledger knows what it holds."""
-
-    __slots__ = (
-        "busy",
-        "dump_path",
-        "failed",
-        "fn_ids",
-        "items",
-        "life",
-        "lifeline",
-        "main_ident",
-        "pid",
-        "process",
-        "send_lock",
-        "slot",
-        "sock",
-        "waited",
-        "worker",
-    )
-
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
-        self.life = Life()
-        self.process: Any = None
-        self.sock: socket.socket | None = None
-        # Guards writes to `sock` and its closing: the manager sends tasks, a stream's
-        # thread WITHDRAW frames (whole messages, never interleaved).
-        self.send_lock = threading.Lock()
-        self.lifeline: socket.socket | None = None
-        self.dump_path = ""
-        self.slot: Slot | None = None  # what it runs now (see the module docstring)
-        self.fn_ids: OrderedDict[int, None] = OrderedDict()  # what the child has cached
-        self.pid = 0
-        self.main_ident = 0
-        self.items = 0
-        self.failed = 0
-        self.busy = 0.0
-        self.waited = 0.0
-
-
-class ProcessBackend(Backend):
+class ProcessBackend(QueuedBackend):
     """Runs tasks in worker processes that can be killed and replaced."""
 
     options = frozenset({"retries", "start_method"})
-    can_kill = True
+    destination = "a worker process"
     replacing = "its worker process was killed and a fresh one took its place"
 
     def __init__(
@@ -151,27 +107,15 @@ class ProcessBackend(Backend):
         start_method: str | None = None,
         address: str | None = None,
     ) -> None:
-        self.name = name or f"pool{next(_pool_ids)}"
-        self.last_done = 0.0
+        self._begin(workers, setup, name=name, retries=retries)
         self._context: Any = multiprocessing.get_context(start_method or "spawn")
-        try:
-            self._setup = None if setup is None else cloudpickle.dumps(setup)
-        except Exception as why:
-            raise TypeError(
-                f"setup {setup!r} cannot be sent to worker processes: it cannot be pickled "
-                f"({type(why).__name__}: {why}); define it at module level, or make what "
-                "it captures picklable"
-            ) from why
-        self._workers = list(workers)
-        self._ledger = Ledger(retries=retries)
         self._lock = threading.Lock()
         # Set once (interpreter exit, Ctrl-C): the manager kills every child and ends,
         # without replacing any.
         self._halted = False
         self._fn_cache: FunctionCache[tuple[int, bytes]] = FunctionCache(FN_CACHE // 2)
         self._fn_ids = itertools.count()
-        self._children: list[_Child] = []  # every child ever (stats); live ones below
-        self._live: dict[int, _Child] = {}  # worker index -> its current child
+        self._live: dict[int, WorkerProcess] = {}  # worker index -> its current child
         self._start_failures: dict[int, int] = {}
         self._setup_kills: dict[int, int] = {}  # index -> setups killed by the watchdog
         self._dump_dir = tempfile.mkdtemp(prefix="steadypool-")
@@ -189,10 +133,6 @@ class ProcessBackend(Backend):
     @property
     def stopped(self) -> bool:
         return self._ledger.closed and not self._manager.is_alive()
-
-    @property
-    def broken(self) -> BrokenPool | None:
-        return self._ledger.broken
 
     def prepare(self, fn: Callable[..., Any]) -> None:
         """Pickle `fn` now (cached), so an unpicklable function fails before any work."""
@@ -220,29 +160,19 @@ class ProcessBackend(Backend):
         return entry
 
     def submit(self, task: Task) -> None:
-        ledger = self._ledger
-        ledger.check_open()
+        self._ledger.check_open()
         fn_id, fn_bytes = self._fn_entry(task[1])
-        run = Run(task)
-        try:
-            frames = _remote.dumps((run.args, run.kwargs))
-        except KeyboardInterrupt:
-            raise
-        except BaseException as why:  # SystemExit from a __reduce__ too (issue 17, 17)
-            error = _remote.argument_error(run.args, run.kwargs, why, "a worker process")
-            ledger.settle(run, False, error, None)
-            return
-        run.wire = (frames, fn_id, fn_bytes)
-        if ledger.add(run):
-            self._wake()
+        run = self._run_for(task)
+        if run is not None:
+            run.wire = (run.wire, fn_id, fn_bytes)
+            if self._ledger.add(run):
+                self._wake()
 
     def shutdown(self, *, wait: bool, cancel: bool) -> None:
         self._ledger.close()
         if cancel:
-            # What idle or starting workers take next still runs (Backend.shutdown).
             with self._lock:
-                busy = sum(1 for c in self._live.values() if self._ledger.holds(c))
-            self._ledger.cancel(max(0, len(self._workers) - busy))
+                self._cancel(sum(1 for c in self._live.values() if self._ledger.holds(c)))
         self._wake()
         if wait and threading.current_thread() is not self._manager:
             while self._manager.is_alive():
@@ -260,7 +190,7 @@ class ProcessBackend(Backend):
         with contextlib.suppress(BlockingIOError, OSError):
             os.write(self._wake_w, b"x")
 
-    def _snapshot(self) -> list[_Child]:
+    def _snapshot(self) -> list[WorkerProcess]:
         with self._lock:
             return list(self._live.values())
 
@@ -292,12 +222,11 @@ class ProcessBackend(Backend):
             )
         return found
 
-    def _last(self, child: _Child) -> tuple[Run | None, bool]:
+    def _last(self, child: WorkerProcess) -> tuple[Run | None, bool]:
         """(the run `child`'s slot names, if the child still holds it, and whether it is
         running: else it finished and its result has not arrived); its `started` is
         set from the slot on the way."""
-        slot = child.slot
-        now = None if slot is None else slot.read()
+        now = child.last()
         if now is None:
             return None, False
         run = self._ledger.find(child, now[0])
@@ -305,31 +234,17 @@ class ProcessBackend(Backend):
             run.started = now[1]
         return run, now[2]
 
-    def _running(self, child: _Child) -> Run | None:
+    def _running(self, child: WorkerProcess) -> Run | None:
         """The run `child` is running now (None between tasks)."""
         run, running = self._last(child)
         return run if running else None
 
     def stack(self, busy: Busy) -> str:
-        child, run = busy.handle
+        child: WorkerProcess = busy.handle[0]
         current = SETUP if child.life.in_setup else self._running(child)
-        if current is not run or not child.pid:
+        if current is not busy.handle[1] or not child.pid:
             return ""
-        try:
-            with open(child.dump_path, "r+") as dump:
-                dump.truncate(0)
-            os.kill(child.pid, signal.SIGUSR1)
-        except OSError:
-            return ""
-        text, deadline = "", time.monotonic() + _STACK_WAIT
-        while time.monotonic() < deadline:
-            time.sleep(0.02)
-            with open(child.dump_path) as dump:
-                now = dump.read()
-            if now and now == text:
-                break  # stopped growing: the dump is complete
-            text = now
-        return _remote.main_thread_stack(text, child.main_ident)
+        return child.stack()
 
     def fail(self, busy: Busy, error: BaseException, *, retry: bool = False) -> bool:
         child, run = busy.handle
@@ -344,7 +259,7 @@ class ProcessBackend(Backend):
             child.life.doom()
         started = run.started
         culprit = self._ledger.release(child, run, retry=retry)
-        self._kill(child)
+        child.kill()
         if culprit is None:
             logger.warning(
                 "steadypool: %s; retrying it (attempt %d of %d)",
@@ -357,7 +272,9 @@ class ProcessBackend(Backend):
         self._wake()
         return True
 
-    def _fail_setup(self, busy: Busy, child: _Child, error: BaseException, *, retry: bool) -> bool:
+    def _fail_setup(
+        self, busy: Busy, child: WorkerProcess, error: BaseException, *, retry: bool
+    ) -> bool:
         """The watchdog gives up on a child's setup: kill it; a fresh child runs setup
         again while `retries` allow, else the pool breaks."""
         index = child.worker.index
@@ -371,14 +288,9 @@ class ProcessBackend(Backend):
         )
         if broken is not None:
             self._ledger.break_pool(broken)
-        self._kill(child)
+        child.kill()
         self._wake()
         return True
-
-    @staticmethod
-    def _kill(child: _Child) -> None:
-        with contextlib.suppress(ProcessLookupError, OSError):
-            os.kill(child.pid, signal.SIGKILL)
 
     def withdraw(self) -> None:
         """Ask children not to start the items sent to them whose owners no longer want
@@ -388,10 +300,8 @@ class ProcessBackend(Backend):
             unwanted = self._ledger.unwanted(child)
             if not unwanted:
                 continue
-            message = [pickle.dumps((wire.WITHDRAW, [run.task_id for run in unwanted]))]
-            with contextlib.suppress(OSError), child.send_lock:  # OSError: it died (_reap)
-                if child.sock is not None:  # else it is ending: _reap requeues the runs
-                    _remote.send_frames(child.sock, message)
+            # If it died, _reap releases the runs.
+            child.send([pickle.dumps((wire.WITHDRAW, [run.task_id for run in unwanted]))])
 
     def stop_unwanted(self) -> None:
         """Kill the children running an item nobody waits for (the consumer left the
@@ -404,20 +314,8 @@ class ProcessBackend(Backend):
                 if child.life.state is not WorkerState.READY or not child.life.doom():
                     continue
             self._ledger.release(child, None)
-            self._kill(child)
+            child.kill()
         self._wake()
-
-    def counts(self) -> tuple[int, int]:
-        return self._ledger.done, self._ledger.queued
-
-    @property
-    def failed(self) -> int:
-        return self._ledger.failed
-
-    def worker_stats(self) -> tuple[tuple[WorkerStats, ...], int, int]:
-        children = list(self._children)
-        replaced = max(0, len(children) - len(self._workers))
-        return per_worker(self._workers, children), 0, replaced
 
     # --- the manager thread ----------------------------------------------------------------
 
@@ -429,7 +327,9 @@ class ProcessBackend(Backend):
                 self._dispatch()
                 if self._ledger.closed and self._ledger.idle():
                     return
-                by_handle: dict[Any, tuple[str, _Child | None]] = {self._wake_r: ("wake", None)}
+                by_handle: dict[Any, tuple[str, WorkerProcess | None]] = {
+                    self._wake_r: ("wake", None)
+                }
                 for child in self._live.values():  # the manager is `_live`'s only writer
                     by_handle[child.process.sentinel] = ("died", child)
                     if child.sock is not None:
@@ -456,39 +356,23 @@ class ProcessBackend(Backend):
             self._stop_children()
 
     def _spawn(self, worker: Worker) -> None:
-        child = _Child(worker)
+        child = WorkerProcess(worker)
         on_cpu = sum(
             1 for w in self._workers if w.device is not None and w.device.startswith("cpu")
         )
         share = max(1, (os.cpu_count() or 1) // on_cpu) if on_cpu else 0
         seen, env = child_view(worker.device, share)
-        parent_sock, child_sock = socket.socketpair()
-        parent_life, child_life = socket.socketpair()
-        generation = sum(1 for c in self._children if c.worker.index == worker.index)
-        child.dump_path = os.path.join(self._dump_dir, f"w{worker.index}.{generation}.stack")
-        open(child.dump_path, "w").close()
-        child.slot = Slot.create(child.dump_path + ".slot")
-        child.process = self._context.Process(
-            target=child_main,
-            args=(
-                child_sock,
-                child_life,
-                Worker(worker.index, seen),
-                env,
-                self._setup,
-                child.dump_path,
-                # Under forkserver our parent is the fork server, not this process.
-                os.getpid() if self._context.get_start_method() == "spawn" else None,
-            ),
+        generation = sum(1 for c in self._history if c.worker.index == worker.index)
+        child.start(
+            self._context,
+            seen=Worker(worker.index, seen),
+            env=env,
+            setup=self._setup,
+            dump_path=os.path.join(self._dump_dir, f"w{worker.index}.{generation}.stack"),
             name=f"steadypool-{self.name}-w{worker.index}"
             + (f".{generation}" if generation else ""),
-            daemon=False,  # workers may start processes of their own
         )
-        child.process.start()
-        child_sock.close()
-        child_life.close()
-        child.sock, child.lifeline, child.pid = parent_sock, parent_life, child.process.pid
-        self._children.append(child)
+        self._history.append(child)
         with self._lock:
             self._live[worker.index] = child
 
@@ -507,38 +391,13 @@ class ProcessBackend(Backend):
                 now = time.monotonic()
                 for run in batch:
                     child.waited += now - run.queued_at
-                self._send_tasks(child, batch)
+                child.send_tasks(batch)  # if it died, _reap releases the batch
             if not self._ledger.queued:
                 return
 
-    def _send_tasks(self, child: _Child, runs: list[Run]) -> None:
-        entries = []
-        frames: list[bytes | memoryview] = []
-        for run in runs:
-            arg_frames, fn_id, fn_bytes = run.wire
-            known = fn_id in child.fn_ids
-            child.fn_ids[fn_id] = None
-            child.fn_ids.move_to_end(fn_id)
-            while len(child.fn_ids) > FN_CACHE // 2:
-                child.fn_ids.popitem(last=False)
-            entries.append((run.task_id, fn_id, None if known else fn_bytes, len(arg_frames)))
-            frames += arg_frames
-        try:
-            with child.send_lock:
-                if child.sock is None:
-                    return  # it is ending: _reap releases the runs
-                _remote.send_frames(child.sock, [pickle.dumps((wire.TASKS, entries)), *frames])
-        except OSError:
-            pass  # the child died: its sentinel comes next and _reap handles the runs
-
-    def _receive(self, child: _Child) -> None:
-        assert child.sock is not None
-        try:
-            frames = _remote.recv_frames(child.sock)
-        except (EOFError, OSError):
-            with child.send_lock:  # no withdraw() writes to a closed (reused) descriptor
-                child.sock.close()
-                child.sock = None  # it is ending; the sentinel follows
+    def _receive(self, child: WorkerProcess, timeout: float | None = None) -> None:
+        frames = child.receive(timeout)
+        if frames is None:
             return
         tag = pickle.loads(frames[0])
         if tag[0] == wire.RESULTS:
@@ -566,28 +425,23 @@ class ProcessBackend(Backend):
             self._ledger.break_pool(broken)
 
     def _results(
-        self, child: _Child, entries: list[tuple[int, str, int, float]], frames: list[bytearray]
+        self,
+        child: WorkerProcess,
+        entries: list[tuple[int, str, int, float]],
+        frames: list[bytearray],
     ) -> None:
         """Deliver a batch of outcomes, in the order the child ran them."""
-        finished = time.monotonic()
-        where = f"{describe(child.worker.index, child.worker.device)} (pid {child.pid})"
-        at = 1
-        for task_id, tag, count, took in entries:
-            payload = frames[at : at + count]
-            at += count
-            run = self._ledger.find(child, task_id)
-            if run is None:
-                continue  # claimed meanwhile (the watchdog), or released with its child
-            if tag == wire.SKIPPED:
-                self._ledger.skip(run)  # withdrawn: its owner waits for nothing
-                continue
-            ok, value = wire.load_outcome(tag, payload, where)
-            del payload
-            if self._ledger.settle(run, ok, value, child.worker):
-                self._count_done(child, ok, finished, took)
-            del value
 
-    def _reap(self, child: _Child) -> None:
+        def outcomes() -> Iterator[tuple[int, str, list[bytearray], float]]:
+            at = 1
+            for task_id, tag, count, took in entries:
+                yield task_id, tag, frames[at : at + count], took
+                at += count
+
+        where = f"{describe(child.worker.index, child.worker.device)} (pid {child.pid})"
+        self._settle_outcomes(child, child, outcomes(), where)
+
+    def _reap(self, child: WorkerProcess) -> None:
         """A child ended: settle or requeue what it held, and start a replacement."""
         child.process.join(_JOIN_SLICE)
         self._read_last_words(child)
@@ -598,7 +452,7 @@ class ProcessBackend(Backend):
         run, running = self._last(child) if last is not WorkerState.DOOMED else (None, False)
         started = run.started if run is not None else 0.0
         culprit = self._ledger.release(child, run)
-        self._close_child(child)
+        child.close()
         crash: WorkerCrashed | None = None
         if run is not None:
             crash = self._crash(child, run, exitcode, running=running, retried=culprit is None)
@@ -633,7 +487,7 @@ class ProcessBackend(Backend):
             count_failure(child, started, time.monotonic())
 
     def _crash(
-        self, child: _Child, run: Run, exitcode: int | None, *, running: bool, retried: bool
+        self, child: WorkerProcess, run: Run, exitcode: int | None, *, running: bool, retried: bool
     ) -> WorkerCrashed:
         """The `WorkerCrashed` of `run`, whose worker died running it (or sending its
         result back, when not `running`)."""
@@ -659,7 +513,7 @@ class ProcessBackend(Backend):
             worker=child.worker,
         )
 
-    def _read_last_words(self, child: _Child) -> None:
+    def _read_last_words(self, child: WorkerProcess) -> None:
         """Read the messages a dead child sent before it died (results it finished), so
         that they are not taken for lost.  Bounded: a grandchild holding the socket open
         would otherwise keep it from ever reading EOF."""
@@ -667,21 +521,7 @@ class ProcessBackend(Backend):
         while child.sock is not None and time.monotonic() < deadline:
             if not select.select([child.sock], [], [], 0)[0]:
                 return
-            child.sock.settimeout(max(0.01, deadline - time.monotonic()))
-            self._receive(child)
-
-    def _close_child(self, child: _Child) -> None:
-        with child.send_lock:  # no withdraw() writes to a closed (reused) descriptor
-            for sock in (child.sock, child.lifeline):
-                if sock is not None:
-                    sock.close()
-            child.sock = child.lifeline = None
-        if child.slot is not None:
-            child.slot.close()
-            child.slot = None
-        for path in (child.dump_path, child.dump_path + ".slot"):
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+            self._receive(child, max(0.01, deadline - time.monotonic()))
 
     def _stop_children(self) -> None:
         """Ask every child to stop (kill it at once when halted), then kill what has not
@@ -689,17 +529,16 @@ class ProcessBackend(Backend):
         live = list(self._live.values())
         for child in live:
             if self._halted:
-                self._kill(child)
-            elif child.sock is not None:
-                with contextlib.suppress(OSError), child.send_lock:
-                    _remote.send_frames(child.sock, [pickle.dumps((wire.STOP,))])
+                child.kill()
+            else:
+                child.send([pickle.dumps((wire.STOP,))])
         deadline = time.monotonic() + _STOP_GRACE
         for child in live:
             child.process.join(max(0.0, deadline - time.monotonic()))
             if child.process.is_alive():
                 child.process.kill()
                 child.process.join(_STOP_GRACE)
-            self._close_child(child)
+            child.close()
             with self._lock:
                 child.life.end()
             # Items still held when the pool gave up on them (halted, or the manager

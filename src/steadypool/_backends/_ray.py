@@ -47,24 +47,23 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import os
-import re
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
-from .. import _remote
 from .._exceptions import BrokenPool, WorkerCrashed
 from .._records import SETUP, Busy, setup_busy
-from .._stats import WorkerStats, count_failure, per_worker
+from .._stats import count_failure
 from .._worker import Worker, describe
 from . import _wire as wire
 from ._actor import Actor, for_ray
-from ._base import Backend, FunctionCache, give_up_on_setup
-from ._ledger import Ledger, Run, ahead
+from ._base import FunctionCache, give_up_on_setup
+from ._ledger import Run, ahead
 from ._life import Life, WorkerState
+from ._queued import QueuedBackend
+from ._ray_session import connect, disconnect, first_line
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -82,58 +81,7 @@ BATCH_MAX = 256  # items per batch, at most
 DRAIN_AFTER = 0.01  # seconds a batch runs before its first drain
 DRAIN_MAX = 1.0  # seconds between drains of a long batch, at most
 _DRAIN_WAIT = 2.0  # seconds fail() waits for a drain's answer
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _pool_ids = itertools.count()
-
-# The Ray instance steadypool started (if any) and how many pools use it.
-_ray_lock = threading.Lock()
-_ray_users = 0
-_ray_started_here = False
-
-
-def _connect(address: str | None) -> Any:
-    global _ray_users, _ray_started_here
-    import ray
-
-    with _ray_lock:
-        if not ray.is_initialized():
-            address = address or os.environ.get("RAY_ADDRESS")
-            if address:
-                try:
-                    ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
-                except ConnectionError as exc:
-                    raise ConnectionError(
-                        f"no Ray cluster at address {address!r}: {exc} (start one with "
-                        "`ray start --head`, or give no address for a local Ray instance)"
-                    ) from exc
-            else:
-                ray.init(
-                    num_cpus=os.cpu_count(),
-                    include_dashboard=False,
-                    logging_level=logging.ERROR,
-                    log_to_driver=False,
-                )
-                _ray_started_here = True
-        _ray_users += 1
-    return ray
-
-
-def _disconnect() -> None:
-    global _ray_users, _ray_started_here
-    import ray
-
-    with _ray_lock:
-        _ray_users -= 1
-        if _ray_users == 0 and _ray_started_here:
-            if ray.is_initialized():
-                ray.shutdown()
-            _ray_started_here = False
-
-
-def _first_line(exc: BaseException) -> str:
-    """``Type: first line of the message``, without Ray's terminal colours."""
-    text = _ANSI.sub("", str(exc)).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 class _Slot:
@@ -176,11 +124,11 @@ class _Slot:
         return self.life.state is not WorkerState.STARTING
 
 
-class RayBackend(Backend):
+class RayBackend(QueuedBackend):
     """Runs tasks on Ray actors (a local instance, or the cluster at `address`)."""
 
     options = frozenset({"retries", "address"})
-    can_kill = True
+    destination = "a Ray actor"
     replacing = "its Ray actor was killed and a fresh one took its place"
 
     def __init__(
@@ -193,22 +141,14 @@ class RayBackend(Backend):
         start_method: str | None = None,
         address: str | None = None,
     ) -> None:
-        self.name = name or f"pool{next(_pool_ids)}"
-        self.last_done = 0.0
-        try:
-            self._setup = None if setup is None else cloudpickle.dumps(setup)
-        except Exception as why:
-            raise TypeError(f"setup {setup!r} cannot be sent to Ray actors: {why}") from why
-        self._ray = _connect(address)
+        self._begin(workers, setup, name=name, retries=retries)
+        self._ray = connect(address)
         self._actor_class = self._ray.remote(concurrency_groups={"control": 1})(Actor)
-        self._ledger = Ledger(retries=retries)
         # Re-entrant: a call's done-callback may run at once, in the thread that added it.
         self._lock = threading.RLock()
         self._idle = threading.Condition(self._lock)
         self._disconnected = False
-        self._workers = list(workers)
         self._slots: dict[int, _Slot] = {}
-        self._history: list[_Slot] = []
         self._fn_refs: FunctionCache[Any] = FunctionCache(128)
         self._start_deaths: dict[int, int] = {}  # index -> actors that died starting, in a row
         self._setup_kills: dict[int, int] = {}  # index -> setups killed by the watchdog
@@ -273,7 +213,7 @@ class RayBackend(Backend):
             self._died_starting(slot, exc)
             return
         except Exception as exc:  # the setup call failed without the actor dying
-            self._break_on_setup(slot, RuntimeError(_first_line(exc)))
+            self._break_on_setup(slot, RuntimeError(first_line(exc)))
             return
         if not ok:
             _ok, cause = wire.load_outcome(wire.ERR, error, slot.where)
@@ -314,14 +254,14 @@ class RayBackend(Backend):
                 "starting a fresh one (likely cause: its node was lost)",
                 describe(index, slot.worker.device),
                 self.name,
-                _first_line(cause),
+                first_line(cause),
             )
             return
         if closed:
             return
         broken = BrokenPool(
             f"the Ray actor of {describe(index, slot.worker.device)} in pool {self.name!r} "
-            f"died {deaths} times in a row while starting, last with {_first_line(cause)}; "
+            f"died {deaths} times in a row while starting, last with {first_line(cause)}; "
             "no node of the cluster could host it. Check the cluster (ray status): "
             "nodes lost, or none with the resources this worker asks for.",
             worker=slot.worker,
@@ -397,7 +337,7 @@ class RayBackend(Backend):
         if len(batch) > 1:
             self._ledger.requeue_solo(batch)
         else:
-            error = RuntimeError(f"the item could not be sent to a Ray actor: {_first_line(cause)}")
+            error = RuntimeError(f"the item could not be sent to a Ray actor: {first_line(cause)}")
             self._ledger.settle(batch[0], False, error, None)
         self._dispatch(slot)
 
@@ -425,18 +365,7 @@ class RayBackend(Backend):
 
     def _deliver(self, slot: _Slot, outcomes: list[tuple[int, str, list[Any], float]]) -> None:
         """Settle the items an actor reported (those nobody settled yet)."""
-        finished = time.monotonic()
-        for task_id, tag, frames, took in outcomes:
-            run = self._ledger.find(slot, task_id)
-            if run is None:
-                continue
-            if tag == wire.SKIPPED:
-                self._ledger.skip(run)  # withdrawn: its owner waits for nothing
-                continue
-            ok, value = wire.load_outcome(tag, frames, slot.where)
-            if self._ledger.settle(run, ok, value, slot.worker):
-                self._count_done(slot, ok, finished, took)
-            del value
+        self._settle_outcomes(slot, slot, outcomes, slot.where)
 
     def _poll(self) -> None:
         """Drain the batches that run long (see the module docstring); ends at _stop."""
@@ -528,7 +457,7 @@ class RayBackend(Backend):
                 len(held),
                 describe(slot.worker.index, slot.worker.device),
                 slot.where,
-                _first_line(cause),
+                first_line(cause),
             )
             self._ledger.requeue_solo(held)
             self._dispatch_idle()
@@ -537,8 +466,7 @@ class RayBackend(Backend):
         started = run.started
         if not actor_died:
             error = RuntimeError(
-                f"the Ray call running the item failed without its actor dying: "
-                f"{_first_line(cause)}"
+                f"the Ray call running the item failed without its actor dying: {first_line(cause)}"
             )
             if self._ledger.settle(run, False, error, slot.worker):
                 count_failure(slot, started, time.monotonic())
@@ -549,7 +477,7 @@ class RayBackend(Backend):
         crash = WorkerCrashed(
             f"{describe(slot.worker.index, slot.worker.device)} ({slot.where}) died while "
             f"running {'a submitted task' if position is None else f'item {position}'}: "
-            f"{_first_line(cause)}; likely cause: the actor was killed (ray.kill, the OOM "
+            f"{first_line(cause)}; likely cause: the actor was killed (ray.kill, the OOM "
             "killer) or its node was lost. "
             + ("Retrying it; " if culprit is None else "The item failed; ")
             + "a fresh actor takes its place.",
@@ -578,10 +506,6 @@ class RayBackend(Backend):
     def stopped(self) -> bool:
         return self._disconnected
 
-    @property
-    def broken(self) -> BrokenPool | None:
-        return self._ledger.broken
-
     def prepare(self, fn: Callable[..., Any]) -> None:
         try:
             cloudpickle.dumps(fn, protocol=5)
@@ -592,28 +516,17 @@ class RayBackend(Backend):
             ) from why
 
     def submit(self, task: Task) -> None:
-        ledger = self._ledger
-        ledger.check_open()
-        run = Run(task)
-        try:
-            frames = _remote.dumps((run.args, run.kwargs))
-        except KeyboardInterrupt:
-            raise
-        except BaseException as why:  # SystemExit from a __reduce__ too
-            error = _remote.argument_error(run.args, run.kwargs, why, "a Ray actor")
-            ledger.settle(run, False, error, None)
-            return
-        run.wire = for_ray(frames)
-        ledger.add(run)
-        self._dispatch_idle()
+        run = self._run_for(task)
+        if run is not None:
+            run.wire = for_ray(run.wire)
+            self._ledger.add(run)
+            self._dispatch_idle()
 
     def shutdown(self, *, wait: bool, cancel: bool) -> None:
         self._ledger.close()
         if cancel:
-            # What idle or starting workers take next still runs (Backend.shutdown).
             with self._lock:
-                busy = sum(1 for s in self._slots.values() if s.batch)
-            self._ledger.cancel(max(0, len(self._workers) - busy))
+                self._cancel(sum(1 for s in self._slots.values() if s.batch))
         if wait:
             self._stop()
         else:
@@ -664,7 +577,7 @@ class RayBackend(Backend):
             for slot in slots:
                 with contextlib.suppress(Exception):
                     self._ray.kill(slot.actor, no_restart=True)
-        _disconnect()
+        disconnect()
 
     def busy(self) -> list[Busy]:
         found = []
@@ -823,18 +736,6 @@ class RayBackend(Backend):
         if broken is not None:
             self._break(broken)
         return True
-
-    def counts(self) -> tuple[int, int]:
-        return self._ledger.done, self._ledger.queued
-
-    @property
-    def failed(self) -> int:
-        return self._ledger.failed
-
-    def worker_stats(self) -> tuple[tuple[WorkerStats, ...], int, int]:
-        history = list(self._history)
-        replaced = max(0, len(history) - len(self._workers))
-        return per_worker(self._workers, history), 0, replaced
 
 
 BACKEND = RayBackend

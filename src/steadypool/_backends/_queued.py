@@ -1,0 +1,132 @@
+"""What the backends whose items wait in a `Ledger` share (processes, Ray).
+
+Their workers live elsewhere (a process, an actor), so an item's arguments are pickled
+at `submit` -- a failure there is that item's outcome at once -- and its outcome comes
+back as frames; their workers can be killed, so the watchdog's `fail` and `halt` kill
+them; their items' lives are the ledger's.  What differs (spawning, sending,
+receiving, killing) stays in each backend.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import cloudpickle
+
+from .. import _remote
+from .._stats import per_worker
+from . import _wire as wire
+from ._base import Backend
+from ._ledger import Ledger, Run
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Sequence
+
+    from .._exceptions import BrokenPool
+    from .._records import Task
+    from .._stats import WorkerRecord, WorkerStats
+    from .._worker import Worker
+
+__all__ = ["QueuedBackend"]
+
+_pool_ids = itertools.count()
+
+
+class QueuedBackend(Backend):
+    """A backend whose items wait in a `Ledger` for workers that can be killed."""
+
+    can_kill = True
+    # Where items go, as messages say it: "a worker process", "a Ray actor".
+    destination: ClassVar[str]
+
+    def _begin(
+        self,
+        workers: Sequence[Worker],
+        setup: Callable[[Worker], Any] | None,
+        *,
+        name: str,
+        retries: int,
+    ) -> None:
+        """The shared part of ``__init__``: name, setup pickled (TypeError if it cannot
+        be), the ledger, and the record of every worker ever started (stats)."""
+        self.name = name or f"pool{next(_pool_ids)}"
+        self.last_done = 0.0
+        try:
+            self._setup = None if setup is None else cloudpickle.dumps(setup)
+        except Exception as why:
+            raise TypeError(
+                f"setup {setup!r} cannot be sent to {self.destination}: it cannot be pickled "
+                f"({type(why).__name__}: {why}); define it at module level, or make what "
+                "it captures picklable"
+            ) from why
+        self._workers = list(workers)
+        self._ledger = Ledger(retries=retries)
+        self._history: list[WorkerRecord] = []
+
+    @property
+    def broken(self) -> BrokenPool | None:
+        return self._ledger.broken
+
+    def _run_for(self, task: Task) -> Run | None:
+        """A `Run` of `task` with its arguments pickled, or None when they cannot be:
+        then the item has failed already, with `UnpicklableArgument`.
+
+        Raises:
+            PoolClosed: After `shutdown`.
+            BrokenPool: After the pool broke.
+        """
+        ledger = self._ledger
+        ledger.check_open()
+        run = Run(task)
+        try:
+            run.wire = _remote.dumps((run.args, run.kwargs))
+        except KeyboardInterrupt:
+            raise
+        except BaseException as why:  # SystemExit from a __reduce__ too (issue 17, hole 17)
+            error = _remote.argument_error(run.args, run.kwargs, why, self.destination)
+            ledger.settle(run, False, error, None)
+            return None
+        return run
+
+    def _settle_outcomes(
+        self,
+        holder: Any,
+        record: WorkerRecord,
+        outcomes: Iterable[tuple[int, str, Any, float]],
+        where: str,
+    ) -> None:
+        """Settle the items `holder` reported, (task id, tag, frames, seconds) each, in
+        order: those it still holds (the others were settled by another path, or went
+        back to the queue with a worker that ended)."""
+        finished = time.monotonic()
+        for task_id, tag, frames, took in outcomes:
+            run = self._ledger.find(holder, task_id)
+            if run is None:
+                continue
+            if tag == wire.SKIPPED:
+                self._ledger.skip(run)  # withdrawn: its owner waits for nothing
+                continue
+            ok, value = wire.load_outcome(tag, frames, where)
+            del frames
+            if self._ledger.settle(run, ok, value, record.worker):
+                self._count_done(record, ok, finished, took)
+            del value
+
+    def _cancel(self, busy: int) -> None:
+        """``shutdown(cancel_futures=True)`` with `busy` workers running items: what the
+        others (idle, or still starting) take next still runs (Backend.shutdown)."""
+        self._ledger.cancel(max(0, len(self._workers) - busy))
+
+    def counts(self) -> tuple[int, int]:
+        return self._ledger.done, self._ledger.queued
+
+    @property
+    def failed(self) -> int:
+        return self._ledger.failed
+
+    def worker_stats(self) -> tuple[tuple[WorkerStats, ...], int, int]:
+        history = list(self._history)
+        replaced = max(0, len(history) - len(self._workers))
+        return per_worker(self._workers, history), 0, replaced
