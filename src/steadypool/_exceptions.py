@@ -16,10 +16,13 @@ if TYPE_CHECKING:
     from ._worker import Worker
 
 __all__ = [
+    "ArgumentNotRebuilt",
     "BrokenPool",
     "Halted",
     "PoolClosed",
     "RemoteError",
+    "ResultNotRebuilt",
+    "ResultNotSent",
     "StallError",
     "TaskTimeout",
     "UnpicklableArgument",
@@ -147,6 +150,21 @@ class UnpicklableArgument(pickle.PicklingError):
     The message names the argument, its type and why.  `map` with a `chunksize` runs
     the items of such a chunk one by one, so that only the item at fault fails.
     """
+
+
+class ResultNotSent(pickle.PicklingError):
+    """An item's result (or what `map` makes of a chunk's) could not be pickled in the
+    worker to send it back; that item fails with it (a `pickle.PicklingError`)."""
+
+
+class ArgumentNotRebuilt(pickle.UnpicklingError):
+    """An item's arguments were pickled but could not be unpickled in the worker; that
+    item fails with it (a `pickle.UnpicklingError`) and the worker goes on."""
+
+
+class ResultNotRebuilt(pickle.UnpicklingError):
+    """What a worker sent back for an item could not be unpickled in the pool's
+    process; that item fails with it (a `pickle.UnpicklingError`)."""
 
 
 class BrokenPool(BrokenExecutor):

@@ -14,7 +14,14 @@ from concurrent.futures import CancelledError
 from queue import Empty
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._exceptions import UnpicklableArgument, WorkerCrashed, add_task_note
+from ._exceptions import (
+    ArgumentNotRebuilt,
+    ResultNotRebuilt,
+    ResultNotSent,
+    UnpicklableArgument,
+    WorkerCrashed,
+    add_task_note,
+)
 from ._stream import FATAL, SIGNAL_SLICE, StreamOwner
 from ._worker import current_worker
 
@@ -25,6 +32,15 @@ if TYPE_CHECKING:
 __all__ = ["map_outcomes", "map_results", "run_chunk"]
 
 T = TypeVar("T")
+# A chunk failed as a whole, not by one of its items' own exceptions: its items run again
+# one by one, so the one at fault fails alone and the others are delivered.
+_RUN_ALONE = (
+    WorkerCrashed,
+    UnpicklableArgument,
+    ArgumentNotRebuilt,
+    ResultNotSent,
+    ResultNotRebuilt,
+)
 _LATE = "steadypool: the next map() result was not ready in time"
 
 
@@ -127,7 +143,8 @@ def map_results(
     results of the items it had run: its items are run again one by one through
     `resubmit(position, args)`, so those before the crashing item are delivered and
     the crash names its own item; so are those of a chunk whose arguments could not
-    be pickled, so that only the item at fault fails, named.
+    be pickled, or whose results (or error) could not come back, so that only the
+    item at fault fails, named.
     """
     # Invariant: nothing here refers to a result once it is yielded (the caller may
     # want it collected): each future is popped before its result is handed out, and a
@@ -145,7 +162,7 @@ def map_results(
                 continue
             try:
                 futures[-1].result()
-            except (WorkerCrashed, UnpicklableArgument):
+            except _RUN_ALONE:
                 if resubmit is None:
                     raise
                 futures.pop()

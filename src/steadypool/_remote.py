@@ -182,10 +182,13 @@ class _Frozen:
         self.exc = exc
 
     def travels(self) -> bool:
-        """Whether it survives a round trip; only for exceptions that pickle the
-        default way (a class with its own reducer said how it travels, or that it
-        cannot)."""
+        """Whether it survives a round trip; only for exceptions that refuse attribute
+        assignment and pickle the default way (a class with its own reducer said how
+        it travels, or that it cannot; one whose ``__init__`` cannot be called again
+        comes back as `RemoteError`, as documented)."""
         kind = type(self.exc)
+        if kind.__setattr__ is BaseException.__setattr__:
+            return False  # not a refusing __setattr__: what failed is something else
         if kind.__reduce__ is not BaseException.__reduce__ or (
             kind.__reduce_ex__ is not BaseException.__reduce_ex__
         ):

@@ -35,7 +35,12 @@ _pool_ids = itertools.count()
 
 
 class QueuedBackend(Backend):
-    """A backend whose items wait in a `Ledger` for workers that can be killed."""
+    """A backend whose items wait in a `Ledger` for workers that can be killed.
+
+    An item's arguments are pickled, with a copy of every big buffer, when it is
+    submitted: what it sends is what it was given then (a numpy array changed after
+    `submit` does not change the item).
+    """
 
     can_kill = True
     # Where items go, as messages say it: "a worker process", "a Ray actor".
@@ -81,7 +86,9 @@ class QueuedBackend(Backend):
         ledger.check_open()
         run = Run(task)
         try:
-            run.wire = _remote.dumps((run.args, run.kwargs))
+            # Big buffers are copied now, not read when the item is sent: a caller that
+            # refills one array between submits must not send later data (hole 13).
+            run.wire = [bytes(f) for f in _remote.dumps((run.args, run.kwargs))]
         except KeyboardInterrupt:
             raise
         except BaseException as why:  # SystemExit from a __reduce__ too (issue 17, hole 17)

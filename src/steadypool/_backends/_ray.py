@@ -81,6 +81,7 @@ BATCH_MAX = 256  # items per batch, at most
 DRAIN_AFTER = 0.01  # seconds a batch runs before its first drain
 DRAIN_MAX = 1.0  # seconds between drains of a long batch, at most
 _DRAIN_WAIT = 2.0  # seconds fail() waits for a drain's answer
+ALIVE_CHECK = 1.0  # seconds between the poller's looks at whether Ray is still there
 _pool_ids = itertools.count()
 
 
@@ -394,8 +395,9 @@ class RayBackend(QueuedBackend):
             for slot, batch in due:
                 self._drain(slot, batch)
             # Wake-up path: the next drain due, a batch sent or a drain returned
-            # (`_poke`), or _stop.
-            self._poke.wait(None if wake is None else max(0.0, wake - now))
+            # (`_poke`), or _stop; and every ALIVE_CHECK, to notice a Ray shut down
+            # under the pool (its calls' futures are then never completed).
+            self._poke.wait(min(ALIVE_CHECK, max(0.0, (wake or now + ALIVE_CHECK) - now)))
             self._poke.clear()
 
     def _drain(self, slot: _Slot, batch: list[Run], done: threading.Event | None = None) -> None:

@@ -24,6 +24,7 @@ import pickle
 from typing import TYPE_CHECKING, Any
 
 from .. import _remote
+from .._exceptions import ArgumentNotRebuilt, ResultNotRebuilt, ResultNotSent
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -66,6 +67,15 @@ def call(fn: Callable[..., Any], arg_frames: Any) -> tuple[str, Frames]:
     try:
         args, kwargs = _remote.loads(arg_frames)
         del arg_frames
+    except KeyboardInterrupt:
+        raise
+    except BaseException as why:  # SystemExit out of a __setstate__ too (hole 17)
+        error = ArgumentNotRebuilt(
+            f"the arguments of this task could not be unpickled in the worker: "
+            f"{type(why).__name__}: {why}"
+        )
+        return ERR, error_frames(error)
+    try:
         result = fn(*args) if kwargs is None else fn(*args, **kwargs)
     except KeyboardInterrupt:
         raise
@@ -76,12 +86,12 @@ def call(fn: Callable[..., Any], arg_frames: Any) -> tuple[str, Frames]:
     except KeyboardInterrupt:
         raise
     except BaseException as why:
-        error = pickle.PicklingError(
+        unsent = ResultNotSent(
             f"the result of this task, {short_repr(result)}, could not be pickled to "
             f"send it back from the worker: {type(why).__name__}: {why}"
         )
-        error.__cause__ = why if isinstance(why, Exception) else None
-        return ERR, error_frames(error)
+        unsent.__cause__ = why if isinstance(why, Exception) else None
+        return ERR, error_frames(unsent)
 
 
 def error_frames(exc: BaseException) -> Frames:
@@ -108,7 +118,7 @@ def load_outcome(tag: str, frames: Any, where: str) -> tuple[bool, Any]:
         raise
     except BaseException as why:
         what = "result" if tag == OK else "exception"
-        return False, pickle.UnpicklingError(
+        return False, ResultNotRebuilt(
             f"the {what} sent back by {where} could not be unpickled here: "
             f"{type(why).__name__}: {why}"
         )
