@@ -64,6 +64,7 @@ def assert_match_reference(
     for name, label in _labels(labels_file).items():
         got = np.load(out / f"{name}.npy", allow_pickle=True).item()
         path = str(demo_images() / f"{name}.jpg")
+        want: Any
         if fmt == "seam":
             want = reference.seam(net, path, label, list(scales), flip)
             assert sorted(got) == sorted(want)
