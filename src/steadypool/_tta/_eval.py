@@ -4,7 +4,7 @@ What every WSSS code base computes after its CAM step: a constant background pla
 ``t`` in front of the class maps, argmax (background wins ties, the lower class wins
 foreground ties), one confusion matrix over the image list ignoring GT 255, IoU per
 class, their mean.  They differ only in ``t`` and in how a class absent from the list
-counts (`ABSENT`).
+counts (`ABSENT_CLASSES`).
 
 One pass per image serves every threshold: a pixel's prediction is its best class
 ``c`` (max ``m`` over the maps) while ``t < m``, and background from there on, so the
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 __all__ = [
-    "ABSENT",
+    "ABSENT_CLASSES",
     "VOC_CLASSES",
     "EvalError",
     "EvalResult",
@@ -53,7 +53,7 @@ VOC_CLASSES = (
     "sheep", "sofa", "train", "tvmonitor",
 )  # fmt: skip
 
-ABSENT = {
+ABSENT_CLASSES = {
     "irn": "irn's nanmean: a class neither in the GT nor predicted is left out "
     "(irn step/eval_cam.py)",
     "seam": "plain mean over every class, a class neither in the GT nor predicted "
@@ -117,7 +117,7 @@ class EvalResult:
         confusions: (T, C, C) int64; ``[i, g, p]`` counts pixels of GT class ``g``
             predicted ``p`` at ``thresholds[i]`` (GT 255 left out).
         class_names: One name per class (VOC's with 21 classes).
-        absent: How a class absent from the list counts (`ABSENT`).
+        absent: How a class absent from the list counts (`ABSENT_CLASSES`).
         images: How many images were evaluated.
         layout: The files' layout (psa, irn, puzzlecam or toco).
     """
@@ -180,6 +180,15 @@ class EvalResult:
             recall = both / conf[:, 1:, :].sum(axis=(1, 2))
         return precision, recall
 
+    def plot(self, path: Path | str) -> None:
+        """Draw mIoU (and foreground precision / recall) against the threshold as a
+        PNG (matplotlib, Agg backend).
+
+        Raises:
+            EvalError: matplotlib is not installed.
+        """
+        plot(self, path)
+
     def to_json(self) -> dict[str, Any]:
         """Everything in plain JSON types (NaN as null)."""
         precision, recall = self.foreground()
@@ -188,7 +197,7 @@ class EvalResult:
             "images": self.images,
             "layout": self.layout,
             "absent_classes": self.absent,
-            "absent_classes_rule": ABSENT[self.absent],
+            "absent_classes_rule": ABSENT_CLASSES[self.absent],
             "thresholds": list(self.thresholds),
             "miou": [_num(v) for v in self.miou],
             "foreground_precision": [_num(v) for v in precision],
@@ -207,7 +216,7 @@ class EvalResult:
         lines = [
             f"seed mIoU of {self.images} images ({self.layout} files, "
             f"{len(self.class_names)} classes, GT 255 ignored)",
-            f"absent classes: {self.absent} = {ABSENT[self.absent]}",
+            f"absent classes: {self.absent} = {ABSENT_CLASSES[self.absent]}",
         ]
         if len(self.thresholds) > 1:
             lines.append(f"{'threshold':>9}  {'mIoU %':>7}  {'fg prec %':>9}  {'fg rec %':>8}")
@@ -345,7 +354,7 @@ def evaluate(
         format: The format the files must have (default: the first file's; all must agree).
         thresholds: One threshold, a list, or ``START:STOP:STEP`` (stop excluded).
         absent: How a class absent from the list counts: ``irn`` (default), ``seam``
-            or ``toco`` (`ABSENT`).
+            or ``toco`` (`ABSENT_CLASSES`).
         classes: Classes including background (21 for VOC).
         workers: Pool workers (default: every CPU).
         backend: The pool's backend (``threads`` or ``processes``).
@@ -362,8 +371,10 @@ def evaluate(
     """
     cams, gt = Path(cams), Path(gt)
     grid = parse_thresholds(thresholds)
-    if absent not in ABSENT:
-        raise EvalError(f"--absent-classes must be one of {', '.join(ABSENT)}, got {absent!r}")
+    if absent not in ABSENT_CLASSES:
+        raise EvalError(
+            f"--absent-classes must be one of {', '.join(ABSENT_CLASSES)}, got {absent!r}"
+        )
     if format is not None and format not in RECIPES:
         raise EvalError(f"--format must be one of {', '.join(RECIPES)}, got {format!r}")
     if classes < 2:
