@@ -271,7 +271,7 @@ def image_histogram(
     """One image's counts over (GT class, best class, thresholds below its score),
     flattened, int64 (see the module's docstring)."""
     cams = read_cams(cams_path, layout)
-    gt = read_gt(gt_path).astype(np.int64)
+    gt = read_gt(gt_path)
     if cams.maps.shape[1:] != gt.shape:
         raise EvalError(
             f"{cams_path.name}: the maps are {cams.maps.shape[2]}x{cams.maps.shape[1]}, "
@@ -279,23 +279,47 @@ def image_histogram(
         )
     if len(cams.keys) and (cams.keys.min() < 0 or cams.keys.max() >= classes - 1):
         raise EvalError(f"{cams_path.name}: class {cams.keys.max()} beyond the {classes} classes")
-    valid = gt != 255
-    gt_valid = gt[valid]
-    if gt_valid.size and (gt_valid.min() < 0 or gt_valid.max() >= classes):
+    top = int(gt.max()) if gt.size else 0
+    if top >= classes and (top != 255 or int(gt.min()) < 0 or _beyond(gt, classes)):
+        wrong = gt[(gt != 255) & ((gt >= classes) | (gt < 0))]
         raise EvalError(
-            f"the GT {gt_path} has the value {gt_valid.max()}, not a class of {classes} nor 255"
+            f"the GT {gt_path} has the value {wrong[0]}, not a class of {classes} nor 255"
         )
     steps = len(thresholds) + 1
-    if len(cams.keys) == 0:
-        best = np.zeros(gt_valid.shape, np.int64)
-        below = np.zeros(gt_valid.shape, np.int64)
-    else:
-        score = cams.maps.max(axis=0)[valid]
-        best = cams.keys[cams.maps.argmax(axis=0)[valid]] + 1
+    # code = (gt * C + best class) * steps + thresholds below the score, built in place
+    code = gt.astype(np.intp).ravel()
+    code *= classes
+    if len(cams.keys):
+        score, best = _best_class(cams.maps, cams.keys)
+        code += best.ravel() if isinstance(best, np.ndarray) else best
+        code *= steps
         ts = np.asarray(thresholds, dtype=cams.maps.dtype)
-        below = np.searchsorted(ts, score, side="left").astype(np.int64)
-    code = (gt_valid * classes + best) * steps + below
-    return np.bincount(code, minlength=classes * classes * steps).astype(np.int64)
+        code += np.searchsorted(ts, score.ravel(), side="left")
+    else:  # no class: every pixel is background at every threshold
+        code *= steps
+    if top == 255:
+        code = code[gt.ravel() != 255]
+    counts: np.ndarray = np.bincount(code, minlength=classes * classes * steps)
+    return counts.astype(np.int64, copy=False)
+
+
+def _beyond(gt: np.ndarray, classes: int) -> bool:
+    return bool(np.count_nonzero((gt >= classes) & (gt != 255)))
+
+
+def _best_class(maps: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray | int]:
+    """Per pixel the highest map's value and its class (key + 1), the lower class
+    winning a tie: ``argmax`` over the maps, computed map by map (argmax along the
+    first axis of a (k, H, W) array is several times slower)."""
+    if len(keys) == 1:
+        return maps[0], int(keys[0]) + 1
+    score = maps[0].copy()
+    best = np.full(score.shape, keys[0] + 1, np.uint8)
+    for key, plane in zip(keys[1:], maps[1:], strict=True):
+        better = plane > score  # strict: on a tie the earlier (lower) class stays
+        best[better] = key + 1
+        np.maximum(score, plane, out=score)
+    return score, best
 
 
 def confusions_of(histogram: np.ndarray, thresholds: int, classes: int) -> np.ndarray:
