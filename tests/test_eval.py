@@ -89,6 +89,9 @@ def test_a_hand_computed_confusion(tmp_path: Path) -> None:
     # image b: one class whose map is 0 everywhere: every pixel is background
     np.save(cams / "b.npy", {0: np.zeros((1, 2), np.float32)})  # type: ignore[arg-type]
     _palette_png(np.array([[0, 2]]), gt / "b.png")
+    # image c: psa's file for an image without classes, {}: background
+    np.save(cams / "c.npy", {})  # type: ignore[arg-type]
+    _palette_png(np.array([[3]]), gt / "c.png")
     result = evaluate(cams, gt, thresholds="0.3,0.5", workers=2)
     assert result.thresholds == (0.3, 0.5)
     # a at t=0.3: [[1, 4, 1], [bg(0.3 tie), bg, 1]];  at t=0.5: [[1, 4, bg(0.5 tie)], [bg, bg, 1]]
@@ -99,13 +102,14 @@ def test_a_hand_computed_confusion(tmp_path: Path) -> None:
             want[i, g, p] += 1
         want[i, 0, 0] += 1  # b: GT 0, background
         want[i, 2, 0] += 1  # b: GT 2, background
+        want[i, 3, 0] += 1  # c: GT 3, background
     np.testing.assert_array_equal(result.confusions, want)
     assert result.confusions.dtype == np.int64
-    # irn's rule at t=0.3: classes 0, 1, 2, 4 are in GT or prediction
+    # irn's rule at t=0.3: classes 0-4 are in GT or prediction, 5-20 are left out
     iou = result.iou(0)
-    np.testing.assert_allclose(iou[[0, 1, 2, 4]], [2 / 3, 2 / 3, 0.0, 0.5])
-    assert np.isnan(iou[3])
-    assert result.miou[0] == pytest.approx(np.mean([2 / 3, 2 / 3, 0.0, 0.5]))
+    np.testing.assert_allclose(iou[:5], [2 / 4, 2 / 3, 0.0, 0.0, 0.5])
+    assert np.isnan(iou[5:]).all()
+    assert result.miou[0] == pytest.approx(np.mean([2 / 4, 2 / 3, 0.0, 0.0, 0.5]))
 
 
 @pytest.mark.timeout(300)

@@ -272,9 +272,9 @@ def image_histogram(
     flattened, int64 (see the module's docstring)."""
     cams = read_cams(cams_path, layout)
     gt = read_gt(gt_path)
-    if cams.maps.shape[1:] != gt.shape:
+    if cams.shape is not None and cams.shape != gt.shape:
         raise EvalError(
-            f"{cams_path.name}: the maps are {cams.maps.shape[2]}x{cams.maps.shape[1]}, "
+            f"{cams_path.name}: the maps are {cams.shape[1]}x{cams.shape[0]}, "
             f"the GT {gt_path.name} {gt.shape[1]}x{gt.shape[0]} (width x height)"
         )
     if len(cams.keys) and (cams.keys.min() < 0 or cams.keys.max() >= classes - 1):
@@ -293,7 +293,7 @@ def image_histogram(
         score, best = _best_class(cams.maps, cams.keys)
         code += best.ravel() if isinstance(best, np.ndarray) else best
         code *= steps
-        ts = np.asarray(thresholds, dtype=cams.maps.dtype)
+        ts = np.asarray(thresholds, dtype=cams.maps[0].dtype)
         code += np.searchsorted(ts, score.ravel(), side="left")
     else:  # no class: every pixel is background at every threshold
         code *= steps
@@ -307,7 +307,9 @@ def _beyond(gt: np.ndarray, classes: int) -> bool:
     return bool(np.count_nonzero((gt >= classes) & (gt != 255)))
 
 
-def _best_class(maps: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray | int]:
+def _best_class(
+    maps: Sequence[np.ndarray], keys: np.ndarray
+) -> tuple[np.ndarray, np.ndarray | int]:
     """Per pixel the highest map's value and its class (key + 1), the lower class
     winning a tie: ``argmax`` over the maps, computed map by map (argmax along the
     first axis of a (k, H, W) array is several times slower)."""

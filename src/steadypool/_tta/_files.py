@@ -52,8 +52,10 @@ def layout_of(loaded: Any) -> Layout | None:
     psa and SEAM files share a layout (``{class: map}``); so do a ToCo file and an irn
     file without its ``cam`` (``{"keys", "high_res"}``).
     """
-    if not isinstance(loaded, dict) or not loaded:
+    if not isinstance(loaded, dict):
         return None
+    if not loaded:
+        return Layout.PSA  # psa and SEAM save {} for an image without classes
     keys = set(loaded)
     if keys == {"keys", "cam", "high_res"}:
         return Layout.IRN
@@ -73,12 +75,15 @@ class CamFile:
     Attributes:
         layout: The file's layout.
         keys: The classes with a map, 0-based, ascending, int64.
-        maps: Their maps, (k, H, W), in the file's dtype (float32 for all five).
+        maps: Their maps, one (H, W) array per key, in the file's dtype (float32 for
+            all five); a list, so a psa file's maps are not copied into one array.
+        shape: (H, W), or None for a psa file with no class at all (``{}``).
     """
 
     layout: Layout
     keys: np.ndarray
-    maps: np.ndarray
+    maps: list[np.ndarray]
+    shape: tuple[int, int] | None
 
 
 def read_cams(path: Path, expected: Layout | None = None) -> CamFile:
@@ -106,21 +111,27 @@ def read_cams(path: Path, expected: Layout | None = None) -> CamFile:
         )
     if layout is Layout.PSA:
         keys = np.array(sorted(int(k) for k in obj), dtype=np.int64)
-        maps = np.stack([np.asarray(obj[int(k)]) for k in keys])
-    elif layout is Layout.PUZZLECAM:
-        keys = _array(obj["keys"]).astype(np.int64)[1:] - 1
-        maps = _array(obj["hr_cam"])
+        planes = [np.asarray(obj[int(k)]) for k in keys]
+        shapes = {p.shape for p in planes}
+        if len(shapes) > 1 or any(len(shape) != 2 for shape in shapes):
+            raise CamFileError(f"{path}: class maps of shapes {sorted(shapes)} (want one H x W)")
+        shape = planes[0].shape if planes else None
     else:
-        keys = _array(obj["keys"]).astype(np.int64)
-        maps = _array(obj["high_res"])
-    if maps.ndim != 3 or maps.shape[0] != len(keys):
-        raise CamFileError(
-            f"{path}: {len(keys)} classes but maps of shape {maps.shape} (want (k, H, W))"
-        )
+        if layout is Layout.PUZZLECAM:
+            keys = _array(obj["keys"]).astype(np.int64)[1:] - 1
+            maps = _array(obj["hr_cam"])
+        else:
+            keys = _array(obj["keys"]).astype(np.int64)
+            maps = _array(obj["high_res"])
+        if maps.ndim != 3 or maps.shape[0] != len(keys):
+            raise CamFileError(
+                f"{path}: {len(keys)} classes but maps of shape {maps.shape} (want (k, H, W))"
+            )
+        planes, shape = list(maps), maps.shape[1:]
     if len(keys) > 1 and np.any(np.diff(keys) <= 0):
         order = np.argsort(keys, kind="stable")
-        keys, maps = keys[order], maps[order]
-    return CamFile(layout=layout, keys=keys, maps=maps)
+        keys, planes = keys[order], [planes[i] for i in order]
+    return CamFile(layout=layout, keys=keys, maps=planes, shape=shape)
 
 
 _NAMES = {
