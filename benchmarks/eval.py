@@ -8,8 +8,9 @@ by side on the same generated VOC-sized files.
                 21-channel tensor with the threshold as channel 0, argmax, reading the GT
                 PNG and adding 63 sums into 32-bit shared integers under their locks.
   irn pattern   irn step/eval_cam.py, run once per threshold (it takes one): one process
-                reads every irn-layout .npy, pads the threshold, argmax, and a
-                chainercv-style confusion matrix over the list; nanmean.
+                reads every {"keys", "high_res"} .npy (ToCo's layout, irn's without "cam"),
+                pads the threshold, argmax, and a chainercv-style confusion matrix over
+                the list; nanmean.
   read once     the floor: reading every .npy and GT PNG once, one thread.
   steadypool    `steadypool.cam.evaluate` on the psa and the irn files: every threshold
                 in one pass per image, on a pool of every CPU.
@@ -40,6 +41,7 @@ from PIL import Image
 from steadypool.cam import evaluate
 
 HERE = Path(__file__).resolve().parent
+LAYOUT_NAMES = {"psa": "psa/SEAM", "irn": "irn/ToCo"}  # the irn files lack irn's "cam"
 SIZES = ((500, 375), (375, 500), (500, 333), (500, 281), (353, 500), (480, 360))
 
 
@@ -202,7 +204,7 @@ def main() -> None:
             results[layout] = result
             rows.append(
                 {
-                    "runner": f"steadypool eval, {layout} files, {backend}",
+                    "runner": f"steadypool eval, {LAYOUT_NAMES[layout]} files, {backend}",
                     "seconds": seconds,
                     "thresholds": len(result.thresholds),
                     "best_threshold": result.best_threshold,

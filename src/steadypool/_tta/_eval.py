@@ -488,7 +488,7 @@ def plot(result: EvalResult, path: Path | str) -> None:
     )
     axes.set_xlabel("background threshold t")
     axes.set_ylabel("%")
-    axes.set_ylim(0, 100)
+    axes.set_ylim(0, 101)
     axes.set_title(f"seed mIoU, {result.images} images", fontsize=10)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=7, loc="lower left")

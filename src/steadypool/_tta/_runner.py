@@ -92,8 +92,8 @@ class CamConfig:
     amp: str | None = None  # "bf16" | "fp16": the network under autocast
     progress: bool = True
     eval_gt: Path | None = None  # evaluate the seed mIoU against these GT PNGs after the run
-    eval_thresholds: str = DEFAULT_THRESHOLDS
-    eval_absent: str = "irn"
+    eval_thresholds: str | float | tuple[float, ...] = DEFAULT_THRESHOLDS
+    eval_absent: str = "irn"  # --absent-classes
 
     def __post_init__(self) -> None:
         for name in (
