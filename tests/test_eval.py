@@ -5,7 +5,8 @@ confusion and an independent per-threshold computation, every layout read back
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,9 +24,6 @@ from . import _reference_cam as reference
 from . import _reference_eval as ref_eval
 from .conftest import cam_config
 from .test_cam_formats import NETWORKS
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 NAMES = ("astronaut", "chelsea", "coffee", "rocket")
 MODELS = {"psa": "demo", "irn": "demo", **{f: NETWORKS[f][0] for f in NETWORKS}}
@@ -286,3 +284,41 @@ def test_thresholds_grid_matches_seams_values() -> None:
     assert parse_thresholds("0.05:0.8:0.05") == tuple(np.arange(0.05, 0.80, 0.05).round(10))
     with pytest.raises(EvalError, match="empty"):
         parse_thresholds("")
+
+
+@pytest.mark.timeout(120)
+def test_the_one_pass_sweep_equals_each_threshold_on_random_ties() -> None:
+    """Random maps whose values sit exactly on the thresholds (ties everywhere), random
+    GT with 255: the sweep's confusion at every threshold equals the per-threshold
+    argmax of irn's eval_cam.py and of SEAM's evaluation.py."""
+    import tempfile
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    grid = (0.0, 0.1, 0.2, 0.3, 0.5)
+    values = np.array([*grid, 0.15, 0.7, 1.0], np.float32)
+
+    @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(seed=st.integers(0, 2**31 - 1), classes=st.integers(0, 3))
+    def check(seed: int, classes: int) -> None:
+        rng = np.random.default_rng(seed)
+        keys = np.sort(rng.choice(20, size=classes, replace=False)).astype(np.int64)
+        maps = values[rng.integers(0, len(values), size=(classes, 5, 7))]
+        gt = rng.choice(np.array([0, 255, *(keys + 1), 9]), size=(5, 7)).astype(np.uint8)
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            for sub in ("toco", "psa", "gt"):
+                (root / sub).mkdir()
+            toco: Any = {"keys": keys, "high_res": maps}
+            psa: Any = {int(k): m for k, m in zip(keys, maps, strict=True)}
+            np.save(root / "toco" / "x.npy", toco)
+            np.save(root / "psa" / "x.npy", psa)
+            _palette_png(gt, root / "gt" / "x.png")
+            for layout in ("toco", "psa") if classes else ("toco",):  # SEAM's eval needs a map
+                result = evaluate(root / layout, root / "gt", thresholds=grid, workers=1)
+                for i, t in enumerate(grid):
+                    want = ref_eval.confusion(root / layout, root / "gt", ["x"], t)
+                    np.testing.assert_array_equal(result.confusions[i], want)
+
+    check()
