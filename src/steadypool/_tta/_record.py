@@ -18,9 +18,8 @@ from typing import TYPE_CHECKING, Any
 from ._inputs import CamInputError
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
     from pathlib import Path
-
-    from ._runner import CamConfig
 
 __all__ = ["RECORD_NAME", "check_record", "record_of", "write_record"]
 
@@ -49,22 +48,33 @@ def _sha256(path: Path | None) -> str | None:
     return digest.hexdigest()
 
 
-def record_of(config: CamConfig) -> dict[str, Any]:
-    """What makes the maps of `config`'s run (JSON-ready)."""
+def record_of(
+    *,
+    format: str,
+    scales: Sequence[float],
+    flip: bool,
+    model: str,
+    model_args: Mapping[str, Any],
+    weights: Path | None,
+    labels: Path,
+    amp: str | None,
+) -> dict[str, Any]:
+    """What makes the maps of a run (JSON-ready): the run's options, the weights and
+    labels files by their SHA-256."""
     try:
-        weights = _sha256(config.weights)
-        labels = _sha256(config.labels)
+        weights_sha = _sha256(weights)
+        labels_sha = _sha256(labels)
     except OSError as exc:
         raise CamInputError(f"cannot read {exc.filename}: {exc.strerror}") from exc
     return {
-        "format": config.format,
-        "scales": [float(s) for s in config.scales],
-        "flip": config.flip,
-        "model": config.model,
-        "model_args": {k: repr(v) for k, v in sorted(config.model_args.items())},
-        "weights_sha256": weights,
-        "labels_sha256": labels,
-        "amp": config.amp,
+        "format": format,
+        "scales": [float(s) for s in scales],
+        "flip": flip,
+        "model": model,
+        "model_args": {k: repr(v) for k, v in sorted(model_args.items())},
+        "weights_sha256": weights_sha,
+        "labels_sha256": labels_sha,
+        "amp": amp,
     }
 
 

@@ -46,6 +46,7 @@ from ._inputs import (
     read_names,
     require_cam_extra,
 )
+from ._outputs import make_output_dirs, remove_dirs, remove_stale_temps, write_atomic
 from ._overlay import save_overlay
 from ._recipes import FORMATS, RECIPES, Layout
 from ._record import check_record, record_of, write_record
@@ -192,56 +193,8 @@ class _Prepared:
     image: Any  # the RGB photo: for overlays, and for workers that resize themselves
 
 
-def _make_output_dirs(config: CamConfig) -> list[Path]:
-    """Create the output folders and check that they take files; return the folders
-    this call created, parents first (removed again if the run is refused)."""
-    created: list[Path] = []
-    for directory in (config.out, config.pred_dir, config.overlay_dir):
-        if directory is None:
-            continue
-        missing = [d for d in (directory, *directory.parents) if not d.exists()]
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-            created += reversed(missing)
-            probe = directory / f".steadypool-write-test-{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as exc:
-            _remove_dirs(created)
-            raise CamInputError(f"cannot write to {directory}: {exc}") from exc
-    return created
-
-
-def _remove_dirs(created: list[Path]) -> None:
-    for directory in reversed(created):
-        with contextlib.suppress(OSError):
-            directory.rmdir()  # only if still empty
-
-
-def _remove_stale_temps(config: CamConfig) -> None:
-    """Remove the temporary files (``.NAME.npy.PID.tmp``, ``.NAME.png.PID.tmp``) that a
-    killed run left in any output folder; a live process's files are left alone."""
-    for directory in (config.out, config.pred_dir, config.overlay_dir):
-        if directory is None:
-            continue
-        for temp in directory.glob(".*.tmp"):
-            parts = temp.name.rsplit(".", 3)  # [".NAME", "npy" | "png", PID, "tmp"]
-            if len(parts) != 4 or parts[1] not in ("npy", "png") or not parts[2].isdigit():
-                continue
-            if not _alive(int(parts[2])):
-                temp.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # PermissionError: another user's live process
-        return True
-    return True
+def _folders(config: CamConfig) -> list[Path | None]:
+    return [config.out, config.pred_dir, config.overlay_dir]
 
 
 def _finished(config: CamConfig, name: str) -> bool:
@@ -300,23 +253,11 @@ def _infer(config: CamConfig, item: _Prepared) -> tuple[str, Any]:
     return item.name, result
 
 
-def _write_atomic(path: Path, obj: Any) -> None:
-    """np.save to a temporary name, then rename: a kill never leaves a partial file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, obj, allow_pickle=True)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-
-
 def _save(config: CamConfig, item: _Prepared, result: _cam.CamMaps) -> None:
     from PIL import Image
 
     keys, maps = result.keys, result.high_res
-    _write_atomic(config.out / f"{item.name}.npy", content(RECIPES[config.format].layout, result))
+    write_atomic(config.out / f"{item.name}.npy", content(RECIPES[config.format].layout, result))
     if config.pred_dir is not None:
         pred = _cam.predict(keys, maps, item.size, config.bg)
         tmp = config.pred_dir / f".{item.name}.png.{os.getpid()}.tmp"
@@ -372,12 +313,21 @@ def run(config: CamConfig) -> CamSummary:
             + "): give the model a forward_cam(x) returning the CAMs of a batch"
         )
     check_label_lengths(labels, names, classes)
-    record = record_of(config)
+    record = record_of(
+        format=config.format,
+        scales=config.scales,
+        flip=config.flip,
+        model=config.model,
+        model_args=config.model_args,
+        weights=config.weights,
+        labels=config.labels,
+        amp=config.amp,
+    )
     if config.resume and config.out.is_dir():
         check_record(config.out, record)
     if config.eval_gt is not None and not config.eval_gt.is_dir():
         raise CamInputError(f"--eval-gt {config.eval_gt} is not a directory")
-    created = _make_output_dirs(config)
+    created = make_output_dirs(_folders(config))
     summary = CamSummary(total=len(names), devices=config.devices, backend=config.backend)
     warned = threading.Event()  # set once a 16-bit photo was reported
     # Resize where the free CPUs are.  Worker processes pinned to CPUs resize for
@@ -458,9 +408,9 @@ def run(config: CamConfig) -> CamSummary:
             )
         except (ValueError, ConnectionError, ImportError) as exc:
             bar.close()
-            _remove_dirs(created)
+            remove_dirs(created)
             raise CamInputError(str(exc)) from exc
-        _remove_stale_temps(config)
+        remove_stale_temps(_folders(config))
         write_record(config.out, record)  # the run starts: its record goes beside the maps
         prepared = cpu.imap(prepare, names, on_error="return", window=2 * cpu_workers)
         infer = _bind_infer(config)
