@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from steadypool._tta._demo_net import TinyCAMNet
@@ -87,3 +89,76 @@ class Broken(TinyCAMNet):
 
     def forward_cam(self, x: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.linear(x, torch.zeros(3, 7))
+
+
+# Networks defined the way SEAM, PuzzleCAM and ToCo define theirs (their call
+# signatures and outputs), each followed by the few-line adapter the README documents.
+
+
+class SeamStyleNet(nn.Module):
+    """Like SEAM's network.resnet38_SEAM.Net: ``forward(x)`` returns ``(cam, cam_rv)``,
+    21 channels with the background first; ``cam_rv`` can be negative and has maps
+    whose minimum is above 0 (what SEAM's min-max normalisation handles)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = TinyCAMNet(num_classes=21, seed=2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cam = self.net.classifier(self.net.features(x))  # no ReLU: negatives
+        return cam, cam + 0.5
+
+
+class SeamCam(SeamStyleNet):
+    """The adapter: SEAM infers with ``cam_rv`` and drops the background channel."""
+
+    def forward_cam(self, x: torch.Tensor) -> torch.Tensor:
+        cam_rv: torch.Tensor = self(x)[1]
+        return cam_rv[:, 1:]
+
+
+class PuzzleStyleClassifier(nn.Module):
+    """Like PuzzleCAM's core.networks.Classifier: ``forward(x, with_cam=True)`` returns
+    ``(logits, features)``, the features before any ReLU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = TinyCAMNet(seed=3)
+
+    def forward(self, x: torch.Tensor, with_cam: bool = False) -> Any:
+        features = self.net.classifier(self.net.features(x))
+        logits = features.mean(dim=(2, 3))
+        return (logits, features) if with_cam else logits
+
+
+class PuzzleCam(PuzzleStyleClassifier):
+    """The adapter: PuzzleCAM's ``get_cam`` calls ``model(images, with_cam=True)``."""
+
+    def forward_cam(self, x: torch.Tensor) -> torch.Tensor:
+        features: torch.Tensor = self(x, with_cam=True)[1]
+        return features
+
+
+class TocoStyleNetwork(nn.Module):
+    """Like ToCo's model.model_seg_neg.network: ``forward(x, cam_only=True)`` returns
+    ``(cam_aux, cam)``, plain convolutions of the features (negatives included)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = TinyCAMNet(seed=4)
+
+    def forward(self, x: torch.Tensor, cam_only: bool = False) -> Any:
+        features = self.net.features(x)
+        cam = F.conv2d(features, self.net.classifier.weight).detach()
+        cam_aux = F.conv2d(features, -self.net.classifier.weight).detach()
+        if cam_only:
+            return cam_aux, cam
+        return cam.amax(dim=(2, 3))
+
+
+class TocoCam(TocoStyleNetwork):
+    """The adapter: ToCo's ``multi_scale_cam2`` calls ``model(x, cam_only=True)``."""
+
+    def forward_cam(self, x: torch.Tensor) -> torch.Tensor:
+        cam: torch.Tensor = self(x, cam_only=True)[1]
+        return cam

@@ -238,7 +238,7 @@ def test_bad_images_and_labels_are_listed_and_the_rest_completes(
         ({"model": "tests._cam_models:other_width", "weights": "WEIGHTS"}, "do not fit"),
         ({"list_file": "EMPTY"}, "no images to process"),
         ({"out": "A_FILE"}, "cannot write to"),
-        ({"format": "voc"}, "--format must be psa or irn"),
+        ({"format": "voc"}, "--format must be one of psa, irn, seam, puzzlecam, toco"),
         ({"scales": (1.0, -0.5)}, "--scales must be positive"),
         ({"devices": ("cuda:5",)}, "cuda:5 is not available"),
     ],

@@ -259,11 +259,14 @@ def test_resume_writes_outputs_asked_for_later(labels_file: Path, tmp_path: Path
 
 
 def test_resume_redoes_files_of_another_format(labels_file: Path, tmp_path: Path) -> None:
-    """psa files do not count as done for an irn run (nor irn files saved with numpy
-    types, which irn's next steps cannot read), and the other way round."""
+    """A rerun in another format is refused (the run record names the change) unless
+    resume is off; irn files saved with numpy types, which irn's next steps cannot
+    read, do not count as done."""
     out = tmp_path / "cams"
     assert run(cam_config(labels_file, out)).done == 4
-    irn = run(cam_config(labels_file, out, format="irn"))
+    with pytest.raises(CamInputError, match=r"--format \(psa -> irn\)"):
+        run(cam_config(labels_file, out, format="irn"))
+    irn = run(cam_config(labels_file, out, format="irn", resume=False))
     assert (irn.done, irn.skipped) == (4, 0)
     content = np.load(out / "chelsea.npy", allow_pickle=True).item()
     assert isinstance(content["keys"], torch.Tensor)
@@ -272,7 +275,7 @@ def test_resume_redoes_files_of_another_format(labels_file: Path, tmp_path: Path
     np.save(out / "chelsea.npy", content)  # type: ignore[arg-type]
     again = run(cam_config(labels_file, out, format="irn"))
     assert (again.done, again.skipped) == (1, 3)
-    back = run(cam_config(labels_file, out, format="psa"))
+    back = run(cam_config(labels_file, out, format="psa", resume=False))
     assert (back.done, back.skipped) == (4, 0)
 
 

@@ -62,3 +62,20 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--version"])
     assert info.value.code == 0
     assert capsys.readouterr().out.strip() == f"steadypool {steadypool.__version__}"
+
+
+@pytest.mark.parametrize("command", ["cam", "eval"])
+def test_help_lists_every_option(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """`steadypool cam --help` and `steadypool eval --help` name every option they take."""
+    from steadypool._cli import _parser
+
+    commands = next(a for a in _parser()._actions if a.dest == "command")
+    assert commands.choices is not None
+    sub = dict(commands.choices)[command]
+    options = {s for a in sub._actions for s in a.option_strings if s.startswith("--")}
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = capsys.readouterr().out
+    assert options, command
+    for option in options:
+        assert option in text, option

@@ -14,7 +14,7 @@ import numpy as np
 
 import steadypool as sp
 
-from .cam import CamInputError
+from .cam import ABSENT_CLASSES, DEFAULT_THRESHOLDS, FORMATS, CamInputError, EvalError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -128,10 +128,46 @@ def _cam(args: argparse.Namespace) -> int:
         cpu_workers=args.cpu_workers,
         amp=args.amp,
         progress=not args.quiet,
+        eval_gt=args.eval_gt,
+        eval_thresholds=args.eval_thresholds,
+        eval_absent=args.absent_classes,
     )
     summary = run(config)
     print(summary)
     return 1 if summary.failures else 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import json
+
+    from .cam import evaluate
+
+    if args.workers is not None and args.workers < 1:
+        raise EvalError(f"--workers must be at least 1, got {args.workers}")
+    result = evaluate(
+        args.cams,
+        args.gt,
+        list_file=args.list,
+        format=args.format,
+        thresholds=args.thresholds,
+        absent=args.absent_classes,
+        classes=args.classes,
+        workers=args.workers,
+    )
+    print(result)
+    if args.json is not None:
+        try:
+            args.json.write_text(json.dumps(result.to_json(), indent=1) + "\n")
+        except OSError as exc:
+            raise EvalError(f"cannot write {args.json}: {exc}") from exc
+        print(f"json: {args.json}")
+    if args.plot is not None:
+        try:
+            result.plot(args.plot)
+        except OSError as exc:
+            raise EvalError(f"cannot write {args.plot}: {exc}") from exc
+        print(f"plot: {args.plot}")
+    return 0
 
 
 def _cam_demo(args: argparse.Namespace) -> int:
@@ -156,6 +192,17 @@ def _diagnose(args: argparse.Namespace) -> int:
     return 0
 
 
+def _absent_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--absent-classes",
+        choices=tuple(ABSENT_CLASSES),
+        default="irn",
+        help="a class absent from the list: irn = left out of the mean when neither in "
+        "the GT nor predicted (nanmean, default); seam = counted as 0 (SEAM, PuzzleCAM); "
+        "toco = only classes in the GT count",
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     # `--model mynet:Net` finds mynet.py in the current folder, as with `python -m
@@ -172,8 +219,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "pool-demo":
         return _demo(args)
     try:
+        if args.command == "eval":
+            return _eval(args)
         return _cam(args) if args.command == "cam" else _cam_demo(args)
-    except CamInputError as exc:
+    except (CamInputError, EvalError) as exc:
         print(f"steadypool {args.command}: error: {exc}", file=sys.stderr)
         return 2
 
@@ -201,9 +250,10 @@ def _parser() -> argparse.ArgumentParser:
 
     cam = commands.add_parser(
         "cam",
-        help="multi-scale x flip CAM inference (psa / irn files)",
+        help="multi-scale x flip CAM inference (psa, irn, SEAM, PuzzleCAM, ToCo files)",
         description="Multi-scale x flip CAM inference over a folder of images on N devices, "
-        "writing psa's or irn's .npy files.  Resumable: a rerun does what is not finished.  "
+        "writing the .npy files of psa, irn, SEAM, PuzzleCAM or ToCo.  Resumable: a rerun "
+        "with the same parameters does what is not finished.  "
         "Exit code 0: all done; 1: some images failed (listed); 2: the run was refused "
         "before any work.",
     )
@@ -255,10 +305,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     cam.add_argument(
         "--format",
-        choices=("psa", "irn"),
+        choices=FORMATS,
         default="psa",
-        help="psa: {class: HxW map} per image (infer_cls.py); irn: {'keys', 'cam', "
-        "'high_res'} (make_cam.py), readable by irn's next steps (default psa)",
+        help="whose CAM step to reproduce, files included: psa {class: HxW} (infer_cls.py); "
+        "irn {'keys', 'cam', 'high_res'} (make_cam.py); seam: psa's file, SEAM's min-max "
+        "(infer_SEAM.py); puzzlecam {'keys' (background 0), 'cam', 'hr_cam'} "
+        "(inference_classification.py); toco {'keys', 'high_res'} (multi_scale_cam2) "
+        "(default psa)",
     )
     cam.add_argument(
         "--devices",
@@ -287,9 +340,67 @@ def _parser() -> argparse.ArgumentParser:
     )
     cam.add_argument("--overlay-dir", type=Path, help="also write photo + heat-map PNGs")
     cam.add_argument(
-        "--no-resume", action="store_true", help="redo images already done (default: skip them)"
+        "--no-resume",
+        action="store_true",
+        help="redo images already done (default: skip them; a folder made with other "
+        "parameters is refused)",
     )
+    cam.add_argument(
+        "--eval-gt",
+        type=Path,
+        metavar="DIR",
+        help="after the run, the seed mIoU against these GT PNGs (as steadypool eval)",
+    )
+    cam.add_argument(
+        "--eval-thresholds",
+        default=DEFAULT_THRESHOLDS,
+        metavar="T",
+        help=f"background thresholds for --eval-gt (default {DEFAULT_THRESHOLDS})",
+    )
+    _absent_option(cam)
     cam.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    ev = commands.add_parser(
+        "eval",
+        help="seed mIoU of a folder of CAM files against GT PNGs (threshold or sweep)",
+        description="The seed mIoU every WSSS code base computes after its CAM step: a "
+        "background plane t in front of the maps, argmax (background wins ties), one "
+        "confusion matrix over the list ignoring GT 255, IoU per class.  One pass per "
+        "image for every threshold, in parallel.  Reads psa, irn, SEAM, PuzzleCAM and "
+        "ToCo files.  Exit code 0: done; 2: refused (one error line).",
+    )
+    ev.add_argument("--cams", type=Path, required=True, help="folder of NAME.npy CAM files")
+    ev.add_argument(
+        "--gt",
+        type=Path,
+        required=True,
+        help="folder of NAME.png ground truth: palette indices (SegmentationClass) or grey "
+        "values (SegmentationClassAug); 255 is ignored",
+    )
+    ev.add_argument(
+        "--list", type=Path, help="names to evaluate, one per line (default: every .npy)"
+    )
+    ev.add_argument(
+        "--format",
+        choices=FORMATS,
+        help="the format the files must have (default: the first file's; all must agree)",
+    )
+    ev.add_argument(
+        "--thresholds",
+        default=DEFAULT_THRESHOLDS,
+        metavar="T",
+        help="one threshold (0.15), a list (0.1,0.2) or START:STOP:STEP, stop excluded "
+        f"(default {DEFAULT_THRESHOLDS}: SEAM's 0.00-0.59)",
+    )
+    _absent_option(ev)
+    ev.add_argument(
+        "--classes", type=int, default=21, help="classes with background (default 21, VOC)"
+    )
+    ev.add_argument("--workers", type=int, help="parallel readers (default: every CPU)")
+    ev.add_argument("--json", type=Path, metavar="FILE", help="also write the result as JSON")
+    ev.add_argument(
+        "--plot", type=Path, metavar="FILE.png", help="also draw mIoU against the threshold"
+    )
 
     pool_demo = commands.add_parser(
         "pool-demo",

@@ -21,8 +21,10 @@ if TYPE_CHECKING:
 __all__ = [
     "CamInputError",
     "check_label_lengths",
+    "check_unambiguous",
     "class_count",
     "find_image",
+    "index_images",
     "label_for",
     "load_labels",
     "load_model",
@@ -51,6 +53,31 @@ def require_cam_extra() -> None:
             ) from exc
 
 
+def index_images(images: Path) -> dict[str, list[Path]]:
+    """Every image in the folder by name (stem), its suffix in any case (``a.Jpg``)."""
+    index: dict[str, list[Path]] = {}
+    for path in sorted(images.iterdir()):
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            index.setdefault(path.stem, []).append(path)
+    return index
+
+
+def check_unambiguous(index: Mapping[str, Sequence[Path]], names: Sequence[str]) -> None:
+    """Refuse names that stand for two files (``dup.jpg`` and ``dup.png``): one of them
+    would never be processed, and nothing would say so."""
+    ambiguous = [name for name in names if len(index.get(name, ())) > 1]
+    if ambiguous:
+        shown = "; ".join(
+            f"{name}: {', '.join(p.name for p in index[name])}" for name in ambiguous[:5]
+        )
+        more = f" (and {len(ambiguous) - 5} more)" if len(ambiguous) > 5 else ""
+        raise CamInputError(
+            f"{len(ambiguous)} image name{'s' * (len(ambiguous) > 1)} stand for two or more "
+            f"files in the images folder, so the run cannot tell which to use: {shown}{more}; "
+            "move or rename the extra files"
+        )
+
+
 def read_names(images: Path, list_file: Path | None) -> list[str]:
     """Image names from `list_file` (bare names or psa lines), else every image in the
     directory, sorted."""
@@ -63,7 +90,7 @@ def read_names(images: Path, list_file: Path | None) -> list[str]:
             raise CamInputError(f"cannot read the image list {list_file}: {exc}") from exc
         names = [_list_name(line) for line in lines if line.strip()]
     else:
-        names = sorted(p.stem for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        names = sorted(index_images(images))
     if not names:
         raise CamInputError(
             f"no images to process: {list_file or images} lists none"
@@ -88,12 +115,12 @@ def _list_name(line: str) -> str:
     return path.stem if path.suffix.lower() in IMAGE_SUFFIXES else text
 
 
-def find_image(images: Path, name: str) -> Path:
-    """`images/name.<suffix>`, trying the usual suffixes."""
-    for suffix in IMAGE_SUFFIXES:
-        for candidate in (images / f"{name}{suffix}", images / f"{name}{suffix.upper()}"):
-            if candidate.is_file():
-                return candidate
+def find_image(images: Path, name: str, index: Mapping[str, Sequence[Path]] | None = None) -> Path:
+    """`images/name.<suffix>`, the suffix one of the usual ones in any case (from
+    `index` when given, else from the folder)."""
+    found = (index if index is not None else index_images(images)).get(name, ())
+    if found:
+        return found[0]
     raise FileNotFoundError(f"no image named {name!r} in {images} ({', '.join(IMAGE_SUFFIXES)})")
 
 

@@ -15,8 +15,10 @@ recorded and the run goes on; the summary lists it and the exit code says so.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -29,18 +31,25 @@ import steadypool as sp
 
 from . import _cam
 from ._cam import merges_flip
+from ._eval import DEFAULT_THRESHOLDS, EvalError, EvalResult, evaluate, parse_thresholds
+from ._files import content, layout_of
 from ._inputs import (
     CamInputError,
     check_label_lengths,
+    check_unambiguous,
     class_count,
     find_image,
+    index_images,
     label_for,
     load_labels,
     load_model,
     read_names,
     require_cam_extra,
 )
+from ._outputs import make_output_dirs, remove_dirs, remove_stale_temps, write_atomic
 from ._overlay import save_overlay
+from ._recipes import FORMATS, RECIPES, Layout
+from ._record import check_record, record_of, write_record
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
@@ -48,7 +57,8 @@ if TYPE_CHECKING:
 
 __all__ = ["CamConfig", "CamSummary", "run"]
 
-FORMATS = ("psa", "irn")
+_LOG = logging.getLogger("steadypool.cam")
+
 BACKENDS = ("threads", "processes", "ray")
 
 
@@ -82,16 +92,30 @@ class CamConfig:
     cpu_workers: int | None = None
     amp: str | None = None  # "bf16" | "fp16": the network under autocast
     progress: bool = True
+    eval_gt: Path | None = None  # evaluate the seed mIoU against these GT PNGs after the run
+    eval_thresholds: str | float | tuple[float, ...] = DEFAULT_THRESHOLDS
+    eval_absent: str = "irn"  # --absent-classes
 
     def __post_init__(self) -> None:
-        for name in ("images", "labels", "out", "list_file", "weights", "pred_dir", "overlay_dir"):
+        for name in (
+            "images",
+            "labels",
+            "out",
+            "list_file",
+            "weights",
+            "pred_dir",
+            "overlay_dir",
+            "eval_gt",
+        ):
             value = getattr(self, name)
             if isinstance(value, str):
                 object.__setattr__(self, name, Path(value))
         object.__setattr__(self, "scales", tuple(self.scales))
         object.__setattr__(self, "devices", tuple(self.devices))
         if self.format not in FORMATS:
-            raise CamInputError(f"--format must be psa or irn, got {self.format!r}")
+            raise CamInputError(
+                f"--format must be one of {', '.join(FORMATS)}, got {self.format!r}"
+            )
         if not self.scales or not all(
             isinstance(s, int | float) and math.isfinite(s) and s > 0 for s in self.scales
         ):
@@ -118,6 +142,11 @@ class CamConfig:
             raise CamInputError(f"--amp must be bf16 or fp16, got {self.amp!r}")
         if not math.isfinite(self.bg):
             raise CamInputError(f"--bg must be a finite number, got {self.bg}")
+        if self.eval_gt is not None:
+            try:
+                parse_thresholds(self.eval_thresholds)
+            except ValueError as exc:
+                raise CamInputError(str(exc).replace("--thresholds", "--eval-thresholds")) from None
 
 
 @dataclass
@@ -132,6 +161,7 @@ class CamSummary:
     device_busy: dict[str, float] = field(default_factory=dict)
     devices: tuple[str, ...] = ()
     backend: str = ""
+    evaluation: EvalResult | None = None
 
     @property
     def images_per_second(self) -> float:
@@ -149,6 +179,8 @@ class CamSummary:
             lines.append(f"  {worker}: busy {busy:.2f}s ({share:.0f}% of the run)")
         for name, reason in self.failures:
             lines.append(f"  FAILED {name}: {reason}")
+        if self.evaluation is not None:
+            lines.append(str(self.evaluation))
         return "\n".join(lines)
 
 
@@ -161,56 +193,8 @@ class _Prepared:
     image: Any  # the RGB photo: for overlays, and for workers that resize themselves
 
 
-def _make_output_dirs(config: CamConfig) -> list[Path]:
-    """Create the output folders and check that they take files; return the folders
-    this call created, parents first (removed again if the run is refused)."""
-    created: list[Path] = []
-    for directory in (config.out, config.pred_dir, config.overlay_dir):
-        if directory is None:
-            continue
-        missing = [d for d in (directory, *directory.parents) if not d.exists()]
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-            created += reversed(missing)
-            probe = directory / f".steadypool-write-test-{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as exc:
-            _remove_dirs(created)
-            raise CamInputError(f"cannot write to {directory}: {exc}") from exc
-    return created
-
-
-def _remove_dirs(created: list[Path]) -> None:
-    for directory in reversed(created):
-        with contextlib.suppress(OSError):
-            directory.rmdir()  # only if still empty
-
-
-def _remove_stale_temps(config: CamConfig) -> None:
-    """Remove the temporary files (``.NAME.npy.PID.tmp``, ``.NAME.png.PID.tmp``) that a
-    killed run left in any output folder; a live process's files are left alone."""
-    for directory in (config.out, config.pred_dir, config.overlay_dir):
-        if directory is None:
-            continue
-        for temp in directory.glob(".*.tmp"):
-            parts = temp.name.rsplit(".", 3)  # [".NAME", "npy" | "png", PID, "tmp"]
-            if len(parts) != 4 or parts[1] not in ("npy", "png") or not parts[2].isdigit():
-                continue
-            if not _alive(int(parts[2])):
-                temp.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # PermissionError: another user's live process
-        return True
-    return True
+def _folders(config: CamConfig) -> list[Path | None]:
+    return [config.out, config.pred_dir, config.overlay_dir]
 
 
 def _finished(config: CamConfig, name: str) -> bool:
@@ -220,24 +204,23 @@ def _finished(config: CamConfig, name: str) -> bool:
     pngs = [d / f"{name}.png" for d in (config.pred_dir, config.overlay_dir) if d is not None]
     if not all(path.is_file() for path in (npy, *pngs)):
         return False
-    return _format_of(npy) == config.format
+    return _format_of(npy) == RECIPES[config.format].layout.value
 
 
 def _format_of(path: Path) -> str | None:
+    """The layout of a finished file (the run record says which format made it)."""
     import torch
 
     try:
-        content = np.load(path, allow_pickle=True).item()
+        loaded = np.load(path, allow_pickle=True).item()
     except Exception:  # not ours, or unreadable: redo it
         return None
-    if not isinstance(content, dict):
-        return None
-    if set(content) == {"keys", "cam", "high_res"}:
-        irn = isinstance(content["keys"], torch.Tensor) and isinstance(content["cam"], torch.Tensor)
-        return "irn" if irn else None
-    if all(isinstance(key, int | np.integer) for key in content):
-        return "psa"
-    return None
+    layout = layout_of(loaded)
+    if layout is Layout.IRN and not (
+        isinstance(loaded["keys"], torch.Tensor) and isinstance(loaded["cam"], torch.Tensor)
+    ):
+        return None  # irn's next steps need its types
+    return layout.value if layout is not None else None
 
 
 def _replica(config: CamConfig) -> Any:
@@ -252,17 +235,17 @@ def _replica(config: CamConfig) -> Any:
 
 def _infer(config: CamConfig, item: _Prepared) -> tuple[str, Any]:
     worker = sp.current_worker()
-    psa = config.format == "psa"
+    recipe = RECIPES[config.format]
     scaled = item.scaled
     if scaled is None:  # resize here: ~0.5 MB of photo travelled instead of ~17 MB of scales
-        prepare = _cam.prepare_psa if psa else _cam.prepare_irn
-        scaled = prepare(worker.state, item.image, config.scales)
-    infer = _cam.infer_psa if psa else _cam.infer_irn
-    result = infer(
+        scaled = _cam.prepare(recipe, worker.state, item.image, config.scales)
+    result = _cam.infer(
+        recipe,
         worker.state,
         scaled,
         item.size,
         item.label,
+        scales=config.scales,
         flip=config.flip,
         device=worker.device or "cpu",
         amp=config.amp,
@@ -270,29 +253,11 @@ def _infer(config: CamConfig, item: _Prepared) -> tuple[str, Any]:
     return item.name, result
 
 
-def _write_atomic(path: Path, obj: Any) -> None:
-    """np.save to a temporary name, then rename: a kill never leaves a partial file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, obj, allow_pickle=True)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-
-
-def _save(config: CamConfig, item: _Prepared, result: Any) -> None:
+def _save(config: CamConfig, item: _Prepared, result: _cam.CamMaps) -> None:
     from PIL import Image
 
-    if config.format == "psa":
-        keys, maps = result
-        _write_atomic(
-            config.out / f"{item.name}.npy", {int(k): m for k, m in zip(keys, maps, strict=True)}
-        )
-    else:
-        keys, maps = np.asarray(result["keys"]), result["high_res"]  # keys: a torch tensor
-        _write_atomic(config.out / f"{item.name}.npy", result)
+    keys, maps = result.keys, result.high_res
+    write_atomic(config.out / f"{item.name}.npy", content(RECIPES[config.format].layout, result))
     if config.pred_dir is not None:
         pred = _cam.predict(keys, maps, item.size, config.bg)
         tmp = config.pred_dir / f".{item.name}.png.{os.getpid()}.tmp"
@@ -328,7 +293,10 @@ def run(config: CamConfig) -> CamSummary:
     require_cam_extra()
     from PIL import Image
 
+    recipe = RECIPES[config.format]
     names = read_names(config.images, config.list_file)
+    index = index_images(config.images)
+    check_unambiguous(index, names)
     labels = load_labels(config.labels)
     model = load_model(config.model, config.weights, config.model_args)
     classes = class_count(model)
@@ -337,10 +305,31 @@ def run(config: CamConfig) -> CamSummary:
             f"{type(model).__name__} merges [img, flip(img)] in its forward (irn's CAM "
             "does), so it needs the flips: leave out --no-flip"
         )
+    if merges_flip(model) and not recipe.takes_merged_forward:
+        raise CamInputError(
+            f"{type(model).__name__} merges [img, flip(img)] in its forward, but --format "
+            f"{recipe.name} needs each variant's CAM (it "
+            + ("merges the flip by max" if not recipe.relu_variants else "applies a ReLU to each")
+            + "): give the model a forward_cam(x) returning the CAMs of a batch"
+        )
     check_label_lengths(labels, names, classes)
-    created = _make_output_dirs(config)
+    record = record_of(
+        format=config.format,
+        scales=config.scales,
+        flip=config.flip,
+        model=config.model,
+        model_args=config.model_args,
+        weights=config.weights,
+        labels=config.labels,
+        amp=config.amp,
+    )
+    if config.resume and config.out.is_dir():
+        check_record(config.out, record)
+    if config.eval_gt is not None and not config.eval_gt.is_dir():
+        raise CamInputError(f"--eval-gt {config.eval_gt} is not a directory")
+    created = make_output_dirs(_folders(config))
     summary = CamSummary(total=len(names), devices=config.devices, backend=config.backend)
-    prepare_fn = _cam.prepare_psa if config.format == "psa" else _cam.prepare_irn
+    warned = threading.Event()  # set once a 16-bit photo was reported
     # Resize where the free CPUs are.  Worker processes pinned to CPUs resize for
     # themselves: they are the CPUs, and the scaled float32 inputs (~17 MB for a VOC image
     # at 4 scales) cost more to send than to compute (psa on processes, 2 cores: 0.45x ->
@@ -353,15 +342,25 @@ def run(config: CamConfig) -> CamSummary:
     def prepare(name: str) -> _Prepared | _Skip:
         if config.resume and _finished(config, name):
             return SKIP
-        path = find_image(config.images, name)
+        path = find_image(config.images, name, index)
         label = label_for(labels, name, classes)
         with Image.open(path) as opened:
+            if opened.mode.startswith("I") and not warned.is_set():
+                warned.set()
+                _LOG.warning(
+                    "%s is a %s (16-bit) picture: converted to RGB as psa and irn do, its "
+                    "values above 255 become white; convert the images to 8 bits for "
+                    "meaningful maps (reported once per run)",
+                    path,
+                    opened.mode,
+                )
             image = opened.convert("RGB")
         size = (image.height, image.width)
         if resize_in_worker:
             return _Prepared(name, size, label, None, image)
         keep = image if config.overlay_dir is not None else None
-        return _Prepared(name, size, label, prepare_fn(model, image, config.scales), keep)
+        scaled = _cam.prepare(recipe, model, image, config.scales)
+        return _Prepared(name, size, label, scaled, keep)
 
     cpu_workers = config.cpu_workers or max(2, min(8, os.cpu_count() or 2))
     in_device: deque[_Prepared] = deque()  # prepared items in the device stream, in order
@@ -409,9 +408,10 @@ def run(config: CamConfig) -> CamSummary:
             )
         except (ValueError, ConnectionError, ImportError) as exc:
             bar.close()
-            _remove_dirs(created)
+            remove_dirs(created)
             raise CamInputError(str(exc)) from exc
-        _remove_stale_temps(config)
+        remove_stale_temps(_folders(config))
+        write_record(config.out, record)  # the run starts: its record goes beside the maps
         prepared = cpu.imap(prepare, names, on_error="return", window=2 * cpu_workers)
         infer = _bind_infer(config)
         results = dev.imap(infer, prepared_ok(prepared), on_error="return", window=2 * workers)
@@ -434,6 +434,20 @@ def run(config: CamConfig) -> CamSummary:
     bar.close()
     for worker in stats.workers:
         summary.device_busy[f"worker {worker.index} ({worker.device})"] = worker.busy_seconds
+    if config.eval_gt is not None:
+        done = [n for n in names if (config.out / f"{n}.npy").is_file()]
+        try:
+            summary.evaluation = evaluate(
+                config.out,
+                config.eval_gt,
+                names=done,
+                format=config.format,
+                thresholds=config.eval_thresholds,
+                absent=config.eval_absent,
+                classes=classes + 1,
+            )
+        except EvalError as exc:
+            raise CamInputError(f"the maps are written; evaluating them failed: {exc}") from exc
     return summary
 
 
