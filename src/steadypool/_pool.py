@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from . import _exit
 from ._backends import get_backend
+from ._backends._base import BackendOptions
 from ._devices import check_available, parse_devices
 from ._exceptions import add_task_note
 from ._exit import DEFAULT_STALL_TIMEOUT
@@ -268,10 +269,9 @@ class Pool(Executor):
         self._backend: Backend = backend_class(
             self._workers,
             setup,
-            name=name or "",
-            retries=retries,
-            start_method=start_method,
-            address=address,
+            BackendOptions(
+                name=name or "", retries=retries, start_method=start_method, address=address
+            ),
         )
         self._bars: weakref.WeakSet[Any] = weakref.WeakSet()  # open progress bars
         self._monitor: Monitor | None = None

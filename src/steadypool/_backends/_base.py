@@ -26,6 +26,7 @@ import threading
 import weakref
 from abc import ABC, abstractmethod
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
     from .._stats import WorkerRecord, WorkerStats
     from .._worker import Worker
 
-__all__ = ["Backend", "FunctionCache", "give_up_on_setup"]
+__all__ = ["Backend", "BackendOptions", "FunctionCache", "give_up_on_setup"]
 
 
 def give_up_on_setup(
@@ -118,6 +119,24 @@ class FunctionCache(Generic[V]):
                 self._entries.popitem(last=False)
 
 
+@dataclass(frozen=True)
+class BackendOptions:
+    """What a `Pool` asks of its backend beyond its workers and setup.
+
+    Attributes:
+        name: A label for threads, processes and log lines ("" for a generated one).
+        retries: How often an item whose worker crashed or was killed (timeout,
+            ``on_stall="restart"``) is run again on a fresh worker.
+        start_method: How worker processes start, where the backend has processes.
+        address: The cluster to connect to, where the backend has one (Ray).
+    """
+
+    name: str = ""
+    retries: int = 0
+    start_method: str | None = None
+    address: str | None = None
+
+
 class Backend(ABC):
     """A set of workers that run tasks; one instance per `Pool`.
 
@@ -125,11 +144,7 @@ class Backend(ABC):
         workers: One `Worker` (index, device) per worker to start.
         setup: Run once in each worker before its first task; its return value becomes
             ``worker.state``.  If it raises, the backend becomes broken.
-        name: A label for threads, processes and log lines.
-        retries: How often an item whose worker crashed or was killed (timeout,
-            ``on_stall="restart"``) is run again on a fresh worker.
-        start_method: How worker processes start, where the backend has processes.
-        address: The cluster to connect to, where the backend has one (Ray).
+        options: The rest (`BackendOptions`); a backend reads those it accepts.
     """
 
     name: str
@@ -145,11 +160,7 @@ class Backend(ABC):
         self,
         workers: Sequence[Worker],
         setup: Callable[[Worker], Any] | None,
-        *,
-        name: str,
-        retries: int = 0,
-        start_method: str | None = None,
-        address: str | None = None,
+        options: BackendOptions,
     ) -> None: ...
 
     # Moving average of item durations, for backends that send items ahead in batches

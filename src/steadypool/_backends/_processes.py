@@ -70,9 +70,10 @@ from ._queued import QueuedBackend
 from ._worker_process import WorkerProcess
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Sequence
+    from collections.abc import Callable, Iterator
 
     from .._records import Task
+    from ._base import BackendOptions
 
 __all__ = ["BACKEND", "ProcessBackend"]
 
@@ -97,18 +98,8 @@ class ProcessBackend(QueuedBackend):
     destination = "a worker process"
     replacing = "its worker process was killed and a fresh one took its place"
 
-    def __init__(
-        self,
-        workers: Sequence[Worker],
-        setup: Callable[[Worker], Any] | None,
-        *,
-        name: str,
-        retries: int = 0,
-        start_method: str | None = None,
-        address: str | None = None,
-    ) -> None:
-        self._begin(workers, setup, name=name, retries=retries)
-        self._context: Any = multiprocessing.get_context(start_method or "spawn")
+    def _open(self, options: BackendOptions) -> None:
+        self._context: Any = multiprocessing.get_context(options.start_method or "spawn")
         self._lock = threading.Lock()
         # Set once (interpreter exit, Ctrl-C): the manager kills every child and ends,
         # without replacing any.
@@ -117,7 +108,6 @@ class ProcessBackend(QueuedBackend):
         self._fn_ids = itertools.count()
         self._live: dict[int, WorkerProcess] = {}  # worker index -> its current child
         self._start_failures: dict[int, int] = {}
-        self._setup_kills: dict[int, int] = {}  # index -> setups killed by the watchdog
         self._dump_dir = tempfile.mkdtemp(prefix="steadypool-")
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)

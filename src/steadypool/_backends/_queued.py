@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from abc import abstractmethod
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import cloudpickle
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from .._records import Task
     from .._stats import WorkerRecord, WorkerStats
     from .._worker import Worker
+    from ._base import BackendOptions
 
 __all__ = ["QueuedBackend"]
 
@@ -46,17 +48,16 @@ class QueuedBackend(Backend):
     # Where items go, as messages say it: "a worker process", "a Ray actor".
     destination: ClassVar[str]
 
-    def _begin(
+    def __init__(
         self,
         workers: Sequence[Worker],
         setup: Callable[[Worker], Any] | None,
-        *,
-        name: str,
-        retries: int,
+        options: BackendOptions,
     ) -> None:
-        """The shared part of ``__init__``: name, setup pickled (TypeError if it cannot
-        be), the ledger, and the record of every worker ever started (stats)."""
-        self.name = name or f"pool{next(_pool_ids)}"
+        """The shared part: name, setup pickled (TypeError if it cannot be), the ledger,
+        the record of every worker ever started (stats); then `_open` starts the
+        backend's own machinery (its manager thread, its actors)."""
+        self.name = options.name or f"pool{next(_pool_ids)}"
         self.last_done = 0.0
         try:
             self._setup = None if setup is None else cloudpickle.dumps(setup)
@@ -67,8 +68,14 @@ class QueuedBackend(Backend):
                 "it captures picklable"
             ) from why
         self._workers = list(workers)
-        self._ledger = Ledger(retries=retries)
+        self._ledger = Ledger(retries=options.retries)
         self._history: list[WorkerRecord] = []
+        self._setup_kills: dict[int, int] = {}  # index -> setups killed by the watchdog
+        self._open(options)
+
+    @abstractmethod
+    def _open(self, options: BackendOptions) -> None:
+        """Start the workers and whatever drives them."""
 
     @property
     def broken(self) -> BrokenPool | None:

@@ -33,19 +33,14 @@ What wakes whom: no thread of ours waits on Ray.  Ray completes each call's futu
 the callbacks deliver and dispatch.  ``shutdown(wait=True)`` waits on `_idle` (a
 Condition on `_lock`, notified whenever an actor goes idle or a drain returns) in
 slices.  The poller sleeps on `_poke` (set when a batch is sent, a drain returns, and at
-the end) until the next drain is due.  If Ray itself is shut down under an open pool
-(`ray.shutdown()`), the next look at it breaks the pool rather than let a call start a
-new Ray instance from one of our threads (issue 17, hole 10).
-
-Ray is imported only when this backend is used.  If no Ray instance is connected, the
-first pool starts a local one sized to the machine, and the last pool that used it
-shuts it down: steadypool never leaves behind a Ray instance it started.
+the end) until the next drain is due, and at most ALIVE_CHECK (a Ray shut down under the
+pool completes no future: `_ray_actors`).  Actors' lives are in `_ray_actors.py`, the
+Ray instance's in `_ray_session.py`, the actor's own code in `_actor.py`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import threading
 import time
@@ -56,19 +51,19 @@ import cloudpickle
 from .._exceptions import BrokenPool, WorkerCrashed
 from .._records import SETUP, Busy, setup_busy
 from .._stats import count_failure
-from .._worker import Worker, describe
-from . import _wire as wire
+from .._worker import describe
 from ._actor import Actor, for_ray
-from ._base import FunctionCache, give_up_on_setup
+from ._base import FunctionCache
 from ._ledger import Run, ahead
-from ._life import Life, WorkerState
-from ._queued import QueuedBackend
+from ._life import WorkerState
+from ._ray_actors import RayActors, Slot
 from ._ray_session import connect, disconnect, first_line
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable
 
     from .._records import Task
+    from ._base import BackendOptions
 
 __all__ = ["BACKEND", "RayBackend"]
 
@@ -82,77 +77,25 @@ DRAIN_AFTER = 0.01  # seconds a batch runs before its first drain
 DRAIN_MAX = 1.0  # seconds between drains of a long batch, at most
 _DRAIN_WAIT = 2.0  # seconds fail() waits for a drain's answer
 ALIVE_CHECK = 1.0  # seconds between the poller's looks at whether Ray is still there
-_pool_ids = itertools.count()
 
 
-class _Slot:
-    """One actor holding a worker index (fields under the backend's `_lock`)."""
-
-    __slots__ = (
-        "actor",
-        "batch",
-        "busy",
-        "current",
-        "draining",
-        "drains",
-        "failed",
-        "items",
-        "life",
-        "next_drain",
-        "waited",
-        "where",
-        "worker",
-    )
-
-    def __init__(self, worker: Worker, actor: Any) -> None:
-        self.worker = worker
-        self.actor = actor
-        self.life = Life()
-        # The runs of the actor's call in flight, in order ([] while idle).
-        self.batch: list[Run] = []
-        # The item the actor last said it runs, with its start here.
-        self.current: tuple[int, float] | None = None
-        self.draining = 0  # drain calls in flight
-        self.drains = 0  # drains of this batch so far (they back off)
-        self.next_drain = 0.0  # when the poller drains this batch next
-        self.where = "actor starting"
-        self.items = self.failed = 0
-        self.busy = self.waited = 0.0
-
-    @property
-    def begun(self) -> bool:
-        """The actor process runs (it is past STARTING)."""
-        return self.life.state is not WorkerState.STARTING
-
-
-class RayBackend(QueuedBackend):
+class RayBackend(RayActors):
     """Runs tasks on Ray actors (a local instance, or the cluster at `address`)."""
 
     options = frozenset({"retries", "address"})
     destination = "a Ray actor"
     replacing = "its Ray actor was killed and a fresh one took its place"
 
-    def __init__(
-        self,
-        workers: Sequence[Worker],
-        setup: Callable[[Worker], Any] | None,
-        *,
-        name: str,
-        retries: int = 0,
-        start_method: str | None = None,
-        address: str | None = None,
-    ) -> None:
-        self._begin(workers, setup, name=name, retries=retries)
-        self._ray = connect(address)
+    def _open(self, options: BackendOptions) -> None:
+        self._ray = connect(options.address)
         self._actor_class = self._ray.remote(concurrency_groups={"control": 1})(Actor)
         # Re-entrant: a call's done-callback may run at once, in the thread that added it.
         self._lock = threading.RLock()
         self._idle = threading.Condition(self._lock)
         self._disconnected = False
-        self._slots: dict[int, _Slot] = {}
+        self._slots: dict[int, Slot] = {}
         self._fn_refs: FunctionCache[Any] = FunctionCache(128)
         self._start_deaths: dict[int, int] = {}  # index -> actors that died starting, in a row
-        self._setup_kills: dict[int, int] = {}  # index -> setups killed by the watchdog
         self._poke = threading.Event()
         self._poller = threading.Thread(
             target=self._poll, name=f"steadypool-{self.name}-drain", daemon=True
@@ -164,135 +107,9 @@ class RayBackend(QueuedBackend):
 
     # --- actors ------------------------------------------------------------------------------
 
-    def _start(self, worker: Worker) -> None:
-        """Create the actor for `worker` and run its setup (caller holds `_lock`)."""
-        # CPU actors reserve no CPU (a pool may have more workers than the cluster has
-        # CPUs, e.g. for I/O) and are spread over the nodes; a GPU actor asks for one GPU,
-        # which Ray picks and shows it as cuda:0.
-        seen: str | None = worker.device
-        options: dict[str, Any] = {"num_cpus": 0, "scheduling_strategy": "SPREAD"}
-        if worker.device is not None and worker.device.startswith("cuda"):
-            seen, options = "cuda:0", {"num_cpus": 0, "num_gpus": 1}
-        actor = self._actor_class.options(name=None, max_concurrency=1, **options).remote(
-            Worker(worker.index, seen), self._setup
-        )
-        slot = _Slot(worker, actor)
-        self._slots[worker.index] = slot
-        self._history.append(slot)
-        actor.begin.remote().future().add_done_callback(
-            lambda future, slot=slot: self._begun(slot, future)
-        )
-        actor.setup.remote().future().add_done_callback(
-            lambda future, slot=slot: self._set_up(slot, future)
-        )
-
-    def _current(self, slot: _Slot) -> bool:
-        """Whether `slot` still holds its index (`_lock` held)."""
-        return self._slots.get(slot.worker.index) is slot
-
-    def _begun(self, slot: _Slot, future: Any) -> None:
-        """The actor runs: its setup is timed (task_timeout) from now, as on the other
-        backends; until now it was being scheduled and started (stall reports only)."""
-        try:
-            pid, node = future.result()
-        except Exception:
-            return  # it died first: _set_up hears of it too
-        with self._lock:
-            if slot.life.setup_began():
-                slot.where = f"Ray actor pid {pid} on node {node[:12]}"
-
-    def _set_up(self, slot: _Slot, future: Any) -> None:
-        with self._lock:
-            if not self._current(slot) or slot.life.state not in (
-                WorkerState.STARTING,
-                WorkerState.SETUP,
-            ):
-                return  # the watchdog gave up on this setup (fail) and killed the actor
-        try:
-            ok, error, pid, node = future.result()
-        except self._ray.exceptions.RayActorError as exc:
-            self._died_starting(slot, exc)
-            return
-        except Exception as exc:  # the setup call failed without the actor dying
-            self._break_on_setup(slot, RuntimeError(first_line(exc)))
-            return
-        if not ok:
-            _ok, cause = wire.load_outcome(wire.ERR, error, slot.where)
-            self._break_on_setup(slot, cause)
-            return
-        with self._lock:
-            slot.where = f"Ray actor pid {pid} on node {node[:12]}"
-            slot.life.ready()
-            self._start_deaths.pop(slot.worker.index, None)
-            self._setup_kills.pop(slot.worker.index, None)
-        self._dispatch(slot)
-
-    def _break_on_setup(self, slot: _Slot, cause: BaseException) -> None:
-        broken = BrokenPool(
-            f"setup(worker) raised {type(cause).__name__}: {cause} on "
-            f"{describe(slot.worker.index, slot.worker.device)} of pool {self.name!r} "
-            "(a Ray actor); the pool cannot run tasks. Fix setup (its traceback is the "
-            "cause below) and create a new Pool.",
-            worker=slot.worker,
-        )
-        broken.__cause__ = cause
-        self._break(broken)
-
-    def _died_starting(self, slot: _Slot, cause: BaseException) -> None:
-        """An actor died before its setup finished (its node was lost, it was killed):
-        a crash, not a failing setup; start a fresh one, unless this keeps happening."""
-        index = slot.worker.index
-        with self._lock:
-            slot.life.end()
-            deaths = self._start_deaths[index] = self._start_deaths.get(index, 0) + 1
-            closed = self._ledger.closed
-            again = deaths < _START_DEATHS and self._ledger.broken is None and not closed
-            if again:
-                self._start(slot.worker)
-        if again:
-            logger.warning(
-                "steadypool: the Ray actor of %s in pool %r died while starting (%s); "
-                "starting a fresh one (likely cause: its node was lost)",
-                describe(index, slot.worker.device),
-                self.name,
-                first_line(cause),
-            )
-            return
-        if closed:
-            return
-        broken = BrokenPool(
-            f"the Ray actor of {describe(index, slot.worker.device)} in pool {self.name!r} "
-            f"died {deaths} times in a row while starting, last with {first_line(cause)}; "
-            "no node of the cluster could host it. Check the cluster (ray status): "
-            "nodes lost, or none with the resources this worker asks for.",
-            worker=slot.worker,
-        )
-        broken.__cause__ = cause
-        self._break(broken)
-
-    def _ray_gone(self) -> bool:
-        """Whether Ray was shut down under this pool; if so, break the pool (once) and
-        fail what the actors held: no call may start a new Ray instance."""
-        if self._ray.is_initialized():
-            return False
-        broken = BrokenPool(
-            f"Ray was shut down (ray.shutdown()) while pool {self.name!r} was open; its "
-            "actors are gone and the pool cannot run tasks. Shut the pool down before Ray."
-        )
-        with self._lock:
-            slots = list(self._slots.values())
-            for slot in slots:
-                slot.life.end()
-                slot.batch = []
-            self._idle.notify_all()
-        for slot in slots:
-            self._ledger.fail_held(slot, lambda _run: broken)
-        self._break(broken)
-        return True
-
     # --- items -----------------------------------------------------------------------------
 
-    def _dispatch(self, slot: _Slot) -> None:
+    def _dispatch(self, slot: Slot) -> None:
         """Give `slot` its next batch of pending items, if it is idle."""
         if self._ray_gone():
             return
@@ -327,7 +144,7 @@ class RayBackend(QueuedBackend):
         if len(batch) > 1:
             self._poke.set()
 
-    def _not_sent(self, slot: _Slot, batch: list[Run], cause: BaseException) -> None:
+    def _not_sent(self, slot: Slot, batch: list[Run], cause: BaseException) -> None:
         """A call that Ray refused to make: each item goes alone, and one that cannot
         go alone either fails with why."""
         with self._lock:
@@ -350,7 +167,7 @@ class RayBackend(QueuedBackend):
             self._fn_refs.put(fn, ref)
         return ref
 
-    def _finished(self, slot: _Slot, batch: list[Run], future: Any) -> None:
+    def _finished(self, slot: Slot, batch: list[Run], future: Any) -> None:
         with self._lock:
             if slot.batch is not batch:
                 return  # claimed by the watchdog: its outcomes are delivered
@@ -364,7 +181,7 @@ class RayBackend(QueuedBackend):
         del outcomes
         self._dispatch(slot)
 
-    def _deliver(self, slot: _Slot, outcomes: list[tuple[int, str, list[Any], float]]) -> None:
+    def _deliver(self, slot: Slot, outcomes: list[tuple[int, str, list[Any], float]]) -> None:
         """Settle the items an actor reported (those nobody settled yet)."""
         self._settle_outcomes(slot, slot, outcomes, slot.where)
 
@@ -400,7 +217,7 @@ class RayBackend(QueuedBackend):
             self._poke.wait(min(ALIVE_CHECK, max(0.0, (wake or now + ALIVE_CHECK) - now)))
             self._poke.clear()
 
-    def _drain(self, slot: _Slot, batch: list[Run], done: threading.Event | None = None) -> None:
+    def _drain(self, slot: Slot, batch: list[Run], done: threading.Event | None = None) -> None:
         """Ask the actor of `slot` for what `batch` has finished and what runs now; the
         answer is handled by `_drained` (then `done` is set)."""
         with self._lock:
@@ -416,7 +233,7 @@ class RayBackend(QueuedBackend):
         ref.future().add_done_callback(lambda future: self._drained(slot, batch, future, done))
 
     def _drained(
-        self, slot: _Slot, batch: list[Run], future: Any, done: threading.Event | None
+        self, slot: Slot, batch: list[Run], future: Any, done: threading.Event | None
     ) -> None:
         try:
             try:
@@ -437,7 +254,7 @@ class RayBackend(QueuedBackend):
             if done is not None:
                 done.set()
 
-    def _crashed(self, slot: _Slot, cause: BaseException) -> None:
+    def _crashed(self, slot: Slot, cause: BaseException) -> None:
         """The actor's call failed: its actor died (or the call broke in Ray)."""
         actor_died = isinstance(cause, self._ray.exceptions.RayActorError)
         held = self._ledger.held(slot)
@@ -496,11 +313,6 @@ class RayBackend(QueuedBackend):
             idle = [s for s in self._slots.values() if s.life.takes_items and not s.batch]
         for slot in idle:
             self._dispatch(slot)
-
-    def _break(self, broken: BrokenPool) -> None:
-        self._ledger.break_pool(broken)
-        with self._lock:
-            self._idle.notify_all()
 
     # --- the Backend interface -------------------------------------------------------------
 
@@ -608,7 +420,7 @@ class RayBackend(QueuedBackend):
             )
         return found
 
-    def _running(self, slot: _Slot, batch: list[Run]) -> tuple[Run, float]:
+    def _running(self, slot: Slot, batch: list[Run]) -> tuple[Run, float]:
         """The item of `batch` running now and since when (here): a lone item's; in a
         batch, the one its actor named at the last drain, else the first not finished,
         timed from when the batch was sent (earlier than it started: an estimate that
@@ -714,30 +526,6 @@ class RayBackend(QueuedBackend):
             with contextlib.suppress(Exception):
                 self._ray.kill(slot.actor, no_restart=True)
         self._dispatch_idle()
-
-    def _fail_setup(self, busy: Busy, slot: _Slot, error: BaseException, *, retry: bool) -> bool:
-        """The watchdog gives up on an actor's setup: kill it; a fresh actor runs setup
-        again while `retries` allow, else the pool breaks."""
-        index = slot.worker.index
-        with self._lock:
-            if not self._current(slot) or slot.life.state not in (
-                WorkerState.STARTING,
-                WorkerState.SETUP,
-            ):
-                return False  # it finished (or died) first
-            slot.life.doom()
-            kills = self._setup_kills[index] = self._setup_kills.get(index, 0) + 1
-            retries = self._ledger.retries if retry else 0
-            broken = give_up_on_setup(
-                self.name, busy, error, attempt=kills, retries=retries, fresh="Ray actor"
-            )
-            if broken is None:
-                self._start(slot.worker)
-        with contextlib.suppress(Exception):
-            self._ray.kill(slot.actor, no_restart=True)
-        if broken is not None:
-            self._break(broken)
-        return True
 
 
 BACKEND = RayBackend

@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from .._records import Task
+    from ._base import BackendOptions
 
 __all__ = ["BACKEND", "ThreadBackend"]
 
@@ -106,13 +107,9 @@ class ThreadBackend(Backend):
         self,
         workers: Sequence[Worker],
         setup: Callable[[Worker], Any] | None,
-        *,
-        name: str,
-        retries: int = 0,
-        start_method: str | None = None,
-        address: str | None = None,
+        options: BackendOptions,
     ) -> None:
-        self.name = name or f"pool{next(_pool_ids)}"
+        self.name = options.name or f"pool{next(_pool_ids)}"
         self.last_done = 0.0
         self._setup = setup
         self._tasks: SimpleQueue[Task | None] = SimpleQueue()

@@ -1,0 +1,251 @@
+"""Ray actors' lives: started (and scheduled on a node), set up, replaced, given up on.
+
+The Ray backend's actors go through `Life`'s states: STARTING while Ray schedules and
+starts the actor (only stall reports watch it: it may wait for a node), SETUP once it
+answers `begin` (task_timeout applies from then, as on the other backends), READY once
+`setup(worker)` returned.  An actor that dies before it is ready is a crash, not a
+failing setup: a fresh one takes its place, unless this keeps happening (no node can
+host it).  A setup that raises breaks the pool; one the watchdog gives up on is killed
+and started again while `retries` allow.  If Ray itself is shut down under an open pool
+(`ray.shutdown()`), the pool breaks rather than let a call start a new Ray instance
+from one of our threads (issue 17, hole 10).
+
+`RayActors` is the Ray backend's base: it holds the slots (one actor per worker index)
+and these transitions; `RayBackend` adds items (dispatch, drains, crashes).  `_lock`
+(re-entrant: a call's done-callback may run at once, in the thread that added it)
+guards `_slots`, `_history`, `_start_deaths`, `_setup_kills` and every slot's fields.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+from .._exceptions import BrokenPool
+from .._worker import Worker, describe
+from . import _wire as wire
+from ._base import give_up_on_setup
+from ._life import Life, WorkerState
+from ._queued import QueuedBackend
+from ._ray_session import first_line
+
+if TYPE_CHECKING:
+    import threading
+
+    from .._records import Busy
+    from ._ledger import Run
+
+__all__ = ["RayActors", "Slot"]
+
+logger = logging.getLogger("steadypool")
+_START_DEATHS = 5  # actors of one index dying in a row before setup: no node can host it
+
+
+class Slot:
+    """One actor holding a worker index (fields under the backend's `_lock`)."""
+
+    __slots__ = (
+        "actor",
+        "batch",
+        "busy",
+        "current",
+        "draining",
+        "drains",
+        "failed",
+        "items",
+        "life",
+        "next_drain",
+        "waited",
+        "where",
+        "worker",
+    )
+
+    def __init__(self, worker: Worker, actor: Any) -> None:
+        self.worker = worker
+        self.actor = actor
+        self.life = Life()
+        # The runs of the actor's call in flight, in order ([] while idle).
+        self.batch: list[Run] = []
+        # The item the actor last said it runs, with its start here.
+        self.current: tuple[int, float] | None = None
+        self.draining = 0  # drain calls in flight
+        self.drains = 0  # drains of this batch so far (they back off)
+        self.next_drain = 0.0  # when the poller drains this batch next
+        self.where = "actor starting"
+        self.items = self.failed = 0
+        self.busy = self.waited = 0.0
+
+    @property
+    def begun(self) -> bool:
+        """The actor process runs (it is past STARTING)."""
+        return self.life.state is not WorkerState.STARTING
+
+
+class RayActors(QueuedBackend):
+    """The actors of a Ray pool and their lives (see the module docstring)."""
+
+    _ray: Any
+    _actor_class: Any
+    _lock: threading.RLock
+    _idle: threading.Condition
+    _slots: dict[int, Slot]
+    _start_deaths: dict[int, int]  # index -> actors that died starting, in a row
+
+    def _dispatch(self, slot: Slot) -> None:
+        raise NotImplementedError  # RayBackend gives a ready actor its first items
+
+    def _start(self, worker: Worker) -> None:
+        """Create the actor for `worker` and run its setup (caller holds `_lock`)."""
+        # CPU actors reserve no CPU (a pool may have more workers than the cluster has
+        # CPUs, e.g. for I/O) and are spread over the nodes; a GPU actor asks for one GPU,
+        # which Ray picks and shows it as cuda:0.
+        seen: str | None = worker.device
+        options: dict[str, Any] = {"num_cpus": 0, "scheduling_strategy": "SPREAD"}
+        if worker.device is not None and worker.device.startswith("cuda"):
+            seen, options = "cuda:0", {"num_cpus": 0, "num_gpus": 1}
+        actor = self._actor_class.options(name=None, max_concurrency=1, **options).remote(
+            Worker(worker.index, seen), self._setup
+        )
+        slot = Slot(worker, actor)
+        self._slots[worker.index] = slot
+        self._history.append(slot)
+        actor.begin.remote().future().add_done_callback(
+            lambda future, slot=slot: self._begun(slot, future)
+        )
+        actor.setup.remote().future().add_done_callback(
+            lambda future, slot=slot: self._set_up(slot, future)
+        )
+
+    def _current(self, slot: Slot) -> bool:
+        """Whether `slot` still holds its index (`_lock` held)."""
+        return self._slots.get(slot.worker.index) is slot
+
+    def _begun(self, slot: Slot, future: Any) -> None:
+        """The actor runs: its setup is timed (task_timeout) from now, as on the other
+        backends; until now it was being scheduled and started (stall reports only)."""
+        try:
+            pid, node = future.result()
+        except Exception:
+            return  # it died first: _set_up hears of it too
+        with self._lock:
+            if slot.life.setup_began():
+                slot.where = f"Ray actor pid {pid} on node {node[:12]}"
+
+    def _set_up(self, slot: Slot, future: Any) -> None:
+        with self._lock:
+            if not self._current(slot) or slot.life.state not in (
+                WorkerState.STARTING,
+                WorkerState.SETUP,
+            ):
+                return  # the watchdog gave up on this setup (fail) and killed the actor
+        try:
+            ok, error, pid, node = future.result()
+        except self._ray.exceptions.RayActorError as exc:
+            self._died_starting(slot, exc)
+            return
+        except Exception as exc:  # the setup call failed without the actor dying
+            self._break_on_setup(slot, RuntimeError(first_line(exc)))
+            return
+        if not ok:
+            _ok, cause = wire.load_outcome(wire.ERR, error, slot.where)
+            self._break_on_setup(slot, cause)
+            return
+        with self._lock:
+            slot.where = f"Ray actor pid {pid} on node {node[:12]}"
+            slot.life.ready()
+            self._start_deaths.pop(slot.worker.index, None)
+            self._setup_kills.pop(slot.worker.index, None)
+        self._dispatch(slot)
+
+    def _break_on_setup(self, slot: Slot, cause: BaseException) -> None:
+        broken = BrokenPool(
+            f"setup(worker) raised {type(cause).__name__}: {cause} on "
+            f"{describe(slot.worker.index, slot.worker.device)} of pool {self.name!r} "
+            "(a Ray actor); the pool cannot run tasks. Fix setup (its traceback is the "
+            "cause below) and create a new Pool.",
+            worker=slot.worker,
+        )
+        broken.__cause__ = cause
+        self._break(broken)
+
+    def _died_starting(self, slot: Slot, cause: BaseException) -> None:
+        """An actor died before its setup finished (its node was lost, it was killed):
+        a crash, not a failing setup; start a fresh one, unless this keeps happening."""
+        index = slot.worker.index
+        with self._lock:
+            slot.life.end()
+            deaths = self._start_deaths[index] = self._start_deaths.get(index, 0) + 1
+            closed = self._ledger.closed
+            again = deaths < _START_DEATHS and self._ledger.broken is None and not closed
+            if again:
+                self._start(slot.worker)
+        if again:
+            logger.warning(
+                "steadypool: the Ray actor of %s in pool %r died while starting (%s); "
+                "starting a fresh one (likely cause: its node was lost)",
+                describe(index, slot.worker.device),
+                self.name,
+                first_line(cause),
+            )
+            return
+        if closed:
+            return
+        broken = BrokenPool(
+            f"the Ray actor of {describe(index, slot.worker.device)} in pool {self.name!r} "
+            f"died {deaths} times in a row while starting, last with {first_line(cause)}; "
+            "no node of the cluster could host it. Check the cluster (ray status): "
+            "nodes lost, or none with the resources this worker asks for.",
+            worker=slot.worker,
+        )
+        broken.__cause__ = cause
+        self._break(broken)
+
+    def _ray_gone(self) -> bool:
+        """Whether Ray was shut down under this pool; if so, break the pool (once) and
+        fail what the actors held: no call may start a new Ray instance."""
+        if self._ray.is_initialized():
+            return False
+        broken = BrokenPool(
+            f"Ray was shut down (ray.shutdown()) while pool {self.name!r} was open; its "
+            "actors are gone and the pool cannot run tasks. Shut the pool down before Ray."
+        )
+        with self._lock:
+            slots = list(self._slots.values())
+            for slot in slots:
+                slot.life.end()
+                slot.batch = []
+            self._idle.notify_all()
+        for slot in slots:
+            self._ledger.fail_held(slot, lambda _run: broken)
+        self._break(broken)
+        return True
+
+    def _break(self, broken: BrokenPool) -> None:
+        self._ledger.break_pool(broken)
+        with self._lock:
+            self._idle.notify_all()
+
+    def _fail_setup(self, busy: Busy, slot: Slot, error: BaseException, *, retry: bool) -> bool:
+        """The watchdog gives up on an actor's setup: kill it; a fresh actor runs setup
+        again while `retries` allow, else the pool breaks."""
+        index = slot.worker.index
+        with self._lock:
+            if not self._current(slot) or slot.life.state not in (
+                WorkerState.STARTING,
+                WorkerState.SETUP,
+            ):
+                return False  # it finished (or died) first
+            slot.life.doom()
+            kills = self._setup_kills[index] = self._setup_kills.get(index, 0) + 1
+            retries = self._ledger.retries if retry else 0
+            broken = give_up_on_setup(
+                self.name, busy, error, attempt=kills, retries=retries, fresh="Ray actor"
+            )
+            if broken is None:
+                self._start(slot.worker)
+        with contextlib.suppress(Exception):
+            self._ray.kill(slot.actor, no_restart=True)
+        if broken is not None:
+            self._break(broken)
+        return True
