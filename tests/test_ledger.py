@@ -4,7 +4,7 @@ gets exactly one outcome whatever order its paths race in."""
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from hypothesis import given, settings
@@ -13,8 +13,10 @@ from hypothesis import strategies as st
 from steadypool._backends._ledger import Ledger, Run, RunState, ahead
 from steadypool._backends._life import Life, WorkerState
 from steadypool._exceptions import BrokenPool, PoolClosed
-from steadypool._records import Outcome
 from steadypool._worker import Worker
+
+if TYPE_CHECKING:
+    from steadypool._records import Outcome
 
 
 class Owner:
@@ -74,7 +76,8 @@ def test_settle_delivers_exactly_once_whoever_comes_first() -> None:
     assert not ledger.claim(run)
     assert [o[1:3] for o in owner.outcomes] == [(True, 10)]
     assert (ledger.done, ledger.failed) == (1, 0)
-    assert run.fn is not abs and run.args == ()  # nothing held after delivery
+    assert run.fn is not abs
+    assert run.args == ()
 
 
 def test_release_requeues_in_order_and_hands_back_the_culprit() -> None:
@@ -140,7 +143,8 @@ def test_unwanted_runs_are_skipped_not_delivered() -> None:
     assert ledger.skip(runs[0])
     ledger.release("a")
     assert ledger.take("b", 3) == []
-    assert owner.outcomes == [] and ledger.idle()
+    assert owner.outcomes == []
+    assert ledger.idle()
 
 
 @settings(max_examples=200, deadline=None)
@@ -187,12 +191,16 @@ def test_life_moves_only_forward_and_agrees_on_who_ended_it() -> None:
     """STARTING -> SETUP -> READY -> DOOMED -> GONE; a transition from the wrong state
     does nothing, so a kill and a death racing agree on which came first."""
     life = Life()
-    assert life.state is WorkerState.STARTING and life.alive
-    assert life.setup_began() and life.in_setup
+    assert life.state is WorkerState.STARTING
+    assert life.alive
+    assert life.setup_began()
+    assert life.in_setup
     assert not life.setup_began()
-    assert life.ready() and life.takes_items
+    assert life.ready()
+    assert life.takes_items
     assert not life.ready()
-    assert life.doom() and not life.takes_items
+    assert life.doom()
+    assert not life.takes_items
     assert not life.doom()
     assert life.end() is WorkerState.DOOMED
     assert life.end() is None
