@@ -85,14 +85,22 @@ def _noted(error: BaseException, position: int) -> bool:
 def _script(code: str, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
     """Run `code` in a fresh interpreter that imports this steadypool."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        check=False,
-    )
+    try:
+        return subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(code), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else exc.stdout
+        err = exc.stderr.decode() if isinstance(exc.stderr, bytes) else exc.stderr
+        raise AssertionError(
+            f"hang: the program did not exit in {timeout}s; it printed {out!r}, "
+            f"stderr ends {(err or '')[-1500:]!r}"
+        ) from None
 
 
 def _record_and_apply(journal: Journal, pair: tuple[int, object]) -> object:
