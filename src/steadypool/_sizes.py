@@ -31,7 +31,12 @@ def nbytes(obj: Any, depth: int = _DEPTH) -> int:
         return sys.getsizeof(obj, 64)
 
 
+_PLAIN = frozenset({int, float, bool, type(None), complex})
+
+
 def _nbytes(obj: Any, depth: int) -> int:
+    if type(obj) in _PLAIN:
+        return 32  # no memory behind it; the common case of tiny items, kept cheap
     if isinstance(obj, (bytes, bytearray, str)):
         return sys.getsizeof(obj)
     if isinstance(obj, memoryview):

@@ -329,13 +329,35 @@ class Ledger:
         self._deliver(run, ok, value, worker)
         return True
 
-    def deliver(self, run: Run, ok: bool, value: Any, worker: Worker | None) -> None:
-        """Deliver the outcome of a run the caller claimed (`claim`)."""
+    def close_held(self, holder: Hashable, task_ids: Iterable[int]) -> list[Run | None]:
+        """Close the runs `holder` holds by these task ids, in one go (a batch of
+        outcomes arrived): the caller owns each returned run's outcome, and delivers it
+        with `deliver` (None where the holder no longer holds that id: it was settled
+        by another path, or went back to the queue)."""
         with self._lock:
-            self.done += 1
-            if not ok:
-                self.failed += 1
+            held = self._held.get(holder)
+            if held is None:
+                return [None for _ in task_ids]
+            runs = [held.pop(task_id, None) for task_id in task_ids]
+            for run in runs:
+                if run is not None:
+                    run.state, run.holder = RunState.CLOSED, None
+        return runs
+
+    def deliver(
+        self, run: Run, ok: bool, value: Any, worker: Worker | None, *, counted: bool = False
+    ) -> None:
+        """Deliver the outcome of a run the caller closed (`claim`, `close_held`); with
+        `counted`, the caller counts it (`count`, once per batch)."""
+        if not counted:
+            self.count(1, 0 if ok else 1)
         self._deliver(run, ok, value, worker)
+
+    def count(self, done: int, failed: int) -> None:
+        """Count outcomes delivered with ``deliver(counted=True)``."""
+        with self._lock:
+            self.done += done
+            self.failed += failed
 
     @staticmethod
     def _deliver(run: Run, ok: bool, value: Any, worker: Worker | None) -> None:

@@ -115,18 +115,29 @@ class QueuedBackend(Backend):
         order: those it still holds (the others were settled by another path, or went
         back to the queue with a worker that ended)."""
         finished = time.monotonic()
-        for task_id, tag, frames, took in outcomes:
-            run = self._ledger.find(holder, task_id)
+        outcomes = list(outcomes)
+        ledger = self._ledger
+        runs = ledger.close_held(holder, [outcome[0] for outcome in outcomes])
+        settled = []
+        for run, (_, tag, frames, took) in zip(runs, outcomes, strict=True):
             if run is None:
                 continue
             if tag == wire.SKIPPED:
-                self._ledger.skip(run)  # withdrawn: its owner waits for nothing
+                run.forget()  # withdrawn: its owner waits for nothing
                 continue
             ok, value = wire.load_outcome(tag, frames, where)
             del frames
-            if self._ledger.settle(run, ok, value, record.worker):
-                self._count_done(record, ok, finished, took)
+            self._count_done(record, ok, finished, took)
+            settled.append((run, ok, value))
             del value
+        del outcomes, runs
+        # Counted before any owner hears of it: whoever an outcome wakes sees it in stats.
+        ledger.count(len(settled), sum(1 for _, ok, _ in settled if not ok))
+        settled.reverse()
+        while settled:  # popped one by one: nothing delivered stays referenced here
+            run, ok, value = settled.pop()
+            ledger.deliver(run, ok, value, record.worker, counted=True)
+            del run, value
 
     def _cancel(self, busy: int) -> None:
         """``shutdown(cancel_futures=True)`` with `busy` workers running items: what the

@@ -111,8 +111,8 @@ class RayBackend(RayActors):
 
     def _dispatch(self, slot: Slot) -> None:
         """Give `slot` its next batch of pending items, if it is idle."""
-        if self._ray_gone():
-            return
+        # No look at whether Ray is still there (hole 10) on this path, per item: the
+        # poller looks every ALIVE_CHECK, and a call Ray refuses is looked at (_not_sent).
         with self._lock:
             if not slot.life.takes_items or slot.batch or not self._current(slot):
                 return
@@ -308,10 +308,11 @@ class RayBackend(RayActors):
         elif self._ledger.settle(culprit, False, crash, slot.worker):
             count_failure(slot, started, time.monotonic())
 
-    def _dispatch_idle(self) -> None:
+    def _dispatch_idle(self, *, first: bool = False) -> None:
+        """Give idle actors their next batches (with `first`, only one: a submit)."""
         with self._lock:
             idle = [s for s in self._slots.values() if s.life.takes_items and not s.batch]
-        for slot in idle:
+        for slot in idle[:1] if first else idle:
             self._dispatch(slot)
 
     # --- the Backend interface -------------------------------------------------------------

@@ -141,7 +141,8 @@ class WorkerProcess:
         sock = self.sock
         assert sock is not None
         try:
-            sock.settimeout(timeout)
+            if timeout is not None:  # only when it is ending: a syscall per call
+                sock.settimeout(timeout)
             return _remote.recv_frames(sock)
         except (EOFError, OSError):
             with self.send_lock:
