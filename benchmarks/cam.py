@@ -3,6 +3,7 @@
 Same model, same images, one run; images/s and ratios; per-device busy fraction.
 
     python benchmarks/cam.py [--images 48] [--devices cpu,cpu] [--model tiny|wide]
+    python benchmarks/cam.py --simulate 0.3 [--images 16]   # the device-free proof
 
   psa pattern   psa's infer_cls.py: a DataLoader prepares each image's 8 variants; per
                 image a new BatchThreader (the seed's own class, loaded from the bug
@@ -12,6 +13,15 @@ Same model, same images, one run; images/s and ratios; per-device busy fraction.
   irn pattern   irn's make_cam.py: one process per device over a static interleaved
                 split of the names; each prepares, runs and saves its share.
   steadypool    `steadypool.cam.run` (psa and irn formats) with threads, and with processes.
+
+Each steadypool row also says how many bytes per image crossed the process boundary
+(the pickled task to the device worker, and its outcome back; 0 on threads), how the
+inputs travelled, and each GPU's utilisation as the driver reports it (NVML), or "no
+NVML".  `--simulate S` replaces the network by a simulated device (`_simdevice.py`:
+its forward sleeps S seconds per megapixel, GIL released, and returns cheap maps) and
+reports, per device worker, the fraction of its span (first forward to last) spent
+inside that sleep: the device's own clock.  It proves the pipeline keeps each device
+fed on every backend; it has no PCIe copy and no CUDA launch cost.
 """
 
 from __future__ import annotations
@@ -39,7 +49,9 @@ from PIL import Image
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _probes import GpuSampler, WireCounter
 from _seed import load_seed_class
+from _simdevice import read_clocks
 from steadypool._tta import _cam
 from steadypool._tta._demo import DEMO_LABELS, demo_images
 from steadypool._tta._demo_net import TinyCAMNet
@@ -227,22 +239,51 @@ def steady(
     fmt: str,
     backend: str,
     amp: str | None = None,
+    simulate: float = 0.0,
 ) -> dict[str, Any]:
-    summary = run_cam(
-        CamConfig(
-            images=images,
-            labels=labels,
-            model=spec,
-            out=out,
-            format=fmt,
-            devices=tuple(devices),
-            backend=backend,
-            amp=amp,
-            progress=False,
+    model_args: dict[str, Any] = {}
+    clock_dir = out.parent / f"{out.name}-clocks"
+    if simulate:
+        clock_dir.mkdir()
+        model_args = {"seconds_per_megapixel": simulate, "clock_dir": str(clock_dir)}
+    with WireCounter() as wire, GpuSampler() as gpus:
+        summary = run_cam(
+            CamConfig(
+                images=images,
+                labels=labels,
+                model=spec,
+                model_args=model_args,
+                out=out,
+                format=fmt,
+                devices=tuple(devices),
+                backend=backend,
+                amp=amp,
+                progress=False,
+            )
         )
-    )
     assert not summary.failures, summary.failures
-    return {"seconds": summary.seconds, "busy": list(summary.device_busy.values())}
+    done = max(summary.done, 1)
+    got: dict[str, Any] = {
+        "seconds": summary.seconds,
+        "busy": list(summary.device_busy.values()),
+        "inputs": getattr(summary, "inputs", None),
+        "bytes_sent_per_image": 0 if backend == "threads" else wire.sent / done,
+        "bytes_back_per_image": 0 if backend == "threads" else wire.received / done,
+    }
+    if gpus.unavailable is None:
+        # by the driver: over the whole run, and over each GPU's active span
+        gpu_ids = sorted({int(d.split(":")[1]) for d in devices if d.startswith("cuda")})
+        got["gpu_utilisation"] = {i: gpus.utilisation(i) for i in gpu_ids}
+        got["gpu_utilisation_active"] = {i: gpus.utilisation(i, active=True) for i in gpu_ids}
+        got["gpu_samples"] = len(gpus.samples)
+    else:
+        got["gpu_utilisation"] = gpus.unavailable
+    if simulate:
+        clocks = read_clocks(clock_dir)
+        got["device_clock"] = clocks
+        got["device_busy_of_span"] = [c["busy"] / (c["last"] - c["first"]) for c in clocks]
+        got["device_busy_of_run"] = [c["busy"] / summary.seconds for c in clocks]
+    return got
 
 
 def largest_difference(a: Path, b: Path) -> float:
@@ -257,6 +298,28 @@ def largest_difference(a: Path, b: Path) -> float:
     return largest
 
 
+def _cell(row: dict[str, Any]) -> str:
+    """The device columns of one row: the simulated device's clock, else task time;
+    bytes per image across the boundary; the GPUs as NVML sees them."""
+    clock = row.get("device_busy_of_span")
+    busy = clock if clock is not None else row["busy_fraction"]
+    text = " ".join(f"{b * 100:.0f}%" for b in busy)
+    sent, back = row.get("bytes_sent_per_image"), row.get("bytes_back_per_image")
+    wire = "" if sent is None else f"{_bytes(sent):>9} {_bytes(back):>9}"
+    gpu = row.get("gpu_utilisation_active", row.get("gpu_utilisation"))
+    if isinstance(gpu, dict):
+        gpu = " ".join(f"cuda:{i} {u * 100:.0f}%" if u is not None else "-" for i, u in gpu.items())
+    return f"{text:<12} {wire:<19}  {gpu or ''}"
+
+
+def _bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    if n >= 1e6:
+        return f"{n / 1e6:.1f} MB"
+    return f"{n / 1e3:.1f} kB" if n >= 1e3 else f"{n:.0f} B"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=48)
@@ -264,6 +327,20 @@ def main() -> None:
     parser.add_argument("--model", choices=tuple(MODELS), default="tiny")
     parser.add_argument("--size", default="500x375", help="image size WxH (VOC-like)")
     parser.add_argument("--formats", default="psa,irn", help="which rows: psa, irn or both")
+    parser.add_argument(
+        "--backends", default="threads,processes,ray", help="steadypool rows: which backends"
+    )
+    parser.add_argument(
+        "--no-patterns", action="store_true", help="leave out the psa and irn pattern rows"
+    )
+    parser.add_argument(
+        "--simulate",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="a simulated device instead of the network: forward sleeps S seconds per "
+        "megapixel; busy is the device's own clock (implies --no-patterns)",
+    )
     parser.add_argument(
         "--amp",
         default="",
@@ -273,54 +350,61 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=HERE / "results" / "cam.json")
     args = parser.parse_args()
     devices = [d.strip() for d in args.devices.split(",")]
-    spec = MODELS[args.model]
+    spec = "_simdevice:SimulatedDevice" if args.simulate else MODELS[args.model]
     size = tuple(int(x) for x in args.size.split("x"))
+    backends = [b.strip() for b in args.backends.split(",")]
+    patterns = not (args.no_patterns or args.simulate)
+    # worker processes and Ray actors import the benchmark's model modules from here
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(HERE), os.environ.get("PYTHONPATH")])
+    )
     root = Path(tempfile.mkdtemp(prefix="steadypool-cam-bench-"))
     try:
         images, labels, names = make_dataset(root, args.images, size)  # type: ignore[arg-type]
-        runs = {
-            "psa pattern (seed BatchThreader per image)": lambda o: psa_pattern(
-                spec, devices, images, labels, names, o
-            ),
-            "steadypool cam psa, threads": lambda o: steady(
-                spec, devices, images, labels, o, "psa", "threads"
-            ),
-            "steadypool cam psa, processes": lambda o: steady(
-                spec, devices, images, labels, o, "psa", "processes"
-            ),
-            "steadypool cam psa, ray": lambda o: steady(
-                spec, devices, images, labels, o, "psa", "ray"
-            ),
-            "irn pattern (process per device, static split)": lambda o: irn_pattern(
-                spec, devices, images, labels, names, o
-            ),
-            "steadypool cam irn, threads": lambda o: steady(
-                spec, devices, images, labels, o, "irn", "threads"
-            ),
-            "steadypool cam irn, processes": lambda o: steady(
-                spec, devices, images, labels, o, "irn", "processes"
-            ),
-            "steadypool cam irn, ray": lambda o: steady(
-                spec, devices, images, labels, o, "irn", "ray"
-            ),
-        }
+        runs: dict[str, Any] = {}
+        for fmt in ("psa", "irn"):
+            if patterns and fmt == "psa":
+                runs["psa pattern (seed BatchThreader per image)"] = functools.partial(
+                    psa_pattern, spec, devices, images, labels, names
+                )
+            if patterns and fmt == "irn":
+                runs["irn pattern (process per device, static split)"] = functools.partial(
+                    irn_pattern, spec, devices, images, labels, names
+                )
+            for backend in backends:
+                runs[f"steadypool cam {fmt}, {backend}"] = functools.partial(
+                    steady,
+                    spec,
+                    devices,
+                    images,
+                    labels,
+                    fmt=fmt,
+                    backend=backend,
+                    simulate=args.simulate,
+                )
         for amp in filter(None, args.amp.split(",")):
             for fmt in ("psa", "irn"):
                 runs[f"steadypool cam {fmt}, threads, amp {amp}"] = functools.partial(
                     steady, spec, devices, images, labels, fmt=fmt, backend="threads", amp=amp
                 )
-        if importlib.util.find_spec("ray") is None:
+        if "ray" in backends and importlib.util.find_spec("ray") is None:
             runs = {k: v for k, v in runs.items() if not k.endswith(", ray")}
-        else:  # started once here, so the rows measure actors, not Ray's own start-up
+        elif "ray" in backends:  # started once here, so the rows measure actors, not start-up
             import ray
 
             ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
         formats = set(args.formats.split(","))
+        what = f"simulated device {args.simulate} s/megapixel" if args.simulate else args.model
         print(
-            f"\n== CAM, {len(names)} images {args.size}, model {args.model}, devices "
+            f"\n== CAM, {len(names)} images {args.size}, model {what}, devices "
             f"{','.join(devices)}, {os.cpu_count()} CPUs =="
         )
-        print(f"{'runner':<50} {'images/s':>9} {'x pattern':>10}  device busy", flush=True)
+        busy_title = "device clock" if args.simulate else "task busy"
+        print(
+            f"{'runner':<44} {'images/s':>8} {'x pattern':>9}  {busy_title:<12} "
+            f"{'sent/img':>9} {'back/img':>9}  GPU (NVML)",
+            flush=True,
+        )
         rows: list[dict[str, Any]] = []
         pattern: dict[str, float] = {}
         outs: dict[str, Path] = {}
@@ -333,8 +417,9 @@ def main() -> None:
             got = run(out)
             outs[label] = out
             if ", amp " in label:
-                exact = outs[label.split(", amp ")[0]]
-                got["largest_difference_from_fp32"] = largest_difference(exact, out)
+                exact = outs.get(label.split(", amp ")[0])
+                if exact is not None:
+                    got["largest_difference_from_fp32"] = largest_difference(exact, out)
             row = {
                 "runner": label,
                 "format": fmt,
@@ -342,15 +427,16 @@ def main() -> None:
                 **got,
                 "images_per_s": len(names) / got["seconds"],
             }
-            pattern.setdefault(fmt, row["images_per_s"])  # the pattern row runs first
-            row["x_pattern"] = row["images_per_s"] / pattern[fmt]
+            if "pattern" in label:
+                pattern[fmt] = row["images_per_s"]
+            row["x_pattern"] = row["images_per_s"] / pattern[fmt] if fmt in pattern else None
             row["busy_fraction"] = [b / row["seconds"] for b in row["busy"]]
             rows.append(row)
-            busy = " ".join(f"{b * 100:.0f}%" for b in row["busy_fraction"])
             diff = row.get("largest_difference_from_fp32")
             note = "" if diff is None else f"  (largest difference from fp32: {diff:.2g})"
+            ratio = "" if row["x_pattern"] is None else f"{row['x_pattern']:.2f}"
             print(
-                f"{label:<50} {row['images_per_s']:>9.2f} {row['x_pattern']:>10.2f}  {busy}" + note,
+                f"{label:<44} {row['images_per_s']:>8.2f} {ratio:>9}  {_cell(row)}" + note,
                 flush=True,
             )
         meta = {
@@ -359,7 +445,9 @@ def main() -> None:
             "cpus": os.cpu_count(),
             "torch": torch.__version__,
             "devices": devices,
-            "model": args.model,
+            "model": args.model if not args.simulate else "simulated",
+            "simulate_seconds_per_megapixel": args.simulate or None,
+            "size": args.size,
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "date": time.strftime("%F %T"),
         }
