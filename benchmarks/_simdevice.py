@@ -39,15 +39,24 @@ class SimulatedDevice(nn.Module):
         seconds_per_megapixel: Sleep per million input pixels (batch included).
         clock_dir: Where each replica that ran a forward writes its clock; "" for none.
         classes: Channels of the maps it returns.
+        forwards_per_image: Forwards of one image (its scales), to split the idle time
+            between the forwards into "between images" (waiting for the next image:
+            the pipeline's part) and "within an image" (the math after the network,
+            on the CPU here: device time on a GPU).
     """
 
     def __init__(
-        self, seconds_per_megapixel: float = 0.3, clock_dir: str = "", classes: int = 20
+        self,
+        seconds_per_megapixel: float = 0.3,
+        clock_dir: str = "",
+        classes: int = 20,
+        forwards_per_image: int = 4,
     ) -> None:
         super().__init__()
         self.seconds_per_megapixel = seconds_per_megapixel
         self.clock_dir = clock_dir
         self.classes = classes
+        self.forwards_per_image = forwards_per_image
         try:
             self.worker: int | None = sp.current_worker().index
         except Exception:  # built outside a worker (the runner's own copy)
@@ -57,6 +66,8 @@ class SimulatedDevice(nn.Module):
         self._first: float | None = None
         self._last = 0.0
         self._forwards = 0
+        self._idle_between = 0.0  # idle before an image's first forward
+        self._idle_within = 0.0  # idle before its other forwards
 
     def forward_cam(self, x: torch.Tensor) -> torch.Tensor:
         """Sleep for the batch's megapixels; return (N, classes, ceil(h/8), ceil(w/8))."""
@@ -66,7 +77,12 @@ class SimulatedDevice(nn.Module):
             time.sleep(self.seconds_per_megapixel * pixels / 1e6)
             end = time.monotonic()
             self._busy += end - start
-            self._first = start if self._first is None else self._first
+            if self._first is None:
+                self._first = start
+            elif self._forwards % self.forwards_per_image == 0:
+                self._idle_between += start - self._last
+            else:
+                self._idle_within += start - self._last
             self._last = end
             self._forwards += 1
             self._write_clock()
@@ -88,6 +104,8 @@ class SimulatedDevice(nn.Module):
                     "first": self._first,
                     "last": self._last,
                     "forwards": self._forwards,
+                    "idle_between_images": self._idle_between,
+                    "idle_within_images": self._idle_within,
                 }
             )
         )

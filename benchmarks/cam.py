@@ -245,7 +245,11 @@ def steady(
     clock_dir = out.parent / f"{out.name}-clocks"
     if simulate:
         clock_dir.mkdir()
-        model_args = {"seconds_per_megapixel": simulate, "clock_dir": str(clock_dir)}
+        model_args = {
+            "seconds_per_megapixel": simulate,
+            "clock_dir": str(clock_dir),
+            "forwards_per_image": len(SCALES),
+        }
     with WireCounter() as wire, GpuSampler() as gpus:
         summary = run_cam(
             CamConfig(
@@ -283,6 +287,17 @@ def steady(
         got["device_clock"] = clocks
         got["device_busy_of_span"] = [c["busy"] / (c["last"] - c["first"]) for c in clocks]
         got["device_busy_of_run"] = [c["busy"] / summary.seconds for c in clocks]
+        # the idle part of the span: waiting for the next image, and the math between
+        # one image's forwards (device time on a GPU, CPU time here)
+        got["device_idle_between_images"] = [
+            c["idle_between_images"] / (c["last"] - c["first"]) for c in clocks
+        ]
+        got["device_idle_within_images"] = [
+            c["idle_within_images"] / (c["last"] - c["first"]) for c in clocks
+        ]
+        # images/s once the devices run: without the workers' start-up (spawn, model load)
+        span = max(c["last"] for c in clocks) - min(c["first"] for c in clocks)
+        got["steady_images_per_s"] = summary.done / span
     return got
 
 
@@ -309,7 +324,12 @@ def _cell(row: dict[str, Any]) -> str:
     gpu = row.get("gpu_utilisation_active", row.get("gpu_utilisation"))
     if isinstance(gpu, dict):
         gpu = " ".join(f"cuda:{i} {u * 100:.0f}%" if u is not None else "-" for i, u in gpu.items())
-    return f"{text:<12} {wire:<19}  {gpu or ''}"
+    steady = row.get("steady_images_per_s")
+    steady_text = "" if steady is None else f"{steady:>6.2f}  "
+    between = row.get("device_idle_between_images")
+    if between is not None:
+        text += " (" + " ".join(f"{b * 100:.1f}" for b in between) + ")"
+    return f"{steady_text}{text:<20} {wire:<19}  {gpu or ''}"
 
 
 def _bytes(n: float | None) -> str:
@@ -358,6 +378,13 @@ def main() -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join(
         filter(None, [str(HERE), os.environ.get("PYTHONPATH")])
     )
+    if args.simulate:
+        # The math after the simulated network runs on the CPU here (device time on a
+        # GPU): one thread per process, as several workers' intra-op thread pools on a
+        # few shared cores only fight (3-10x slower math under load); set before the
+        # workers start, so worker processes and Ray actors inherit it.
+        torch.set_num_threads(1)
+        os.environ["OMP_NUM_THREADS"] = "1"
     root = Path(tempfile.mkdtemp(prefix="steadypool-cam-bench-"))
     try:
         images, labels, names = make_dataset(root, args.images, size)  # type: ignore[arg-type]
@@ -399,7 +426,7 @@ def main() -> None:
             f"\n== CAM, {len(names)} images {args.size}, model {what}, devices "
             f"{','.join(devices)}, {os.cpu_count()} CPUs =="
         )
-        busy_title = "device clock" if args.simulate else "task busy"
+        busy_title = "steady  device clock (% waiting)" if args.simulate else "task busy"
         print(
             f"{'runner':<44} {'images/s':>8} {'x pattern':>9}  {busy_title:<12} "
             f"{'sent/img':>9} {'back/img':>9}  GPU (NVML)",
