@@ -53,13 +53,13 @@ class WireCounter:
                 self.received += _size(frames)
             return loads(frames)
 
-        _remote.dumps = counting_dumps  # type: ignore[assignment]
-        _remote.loads = counting_loads  # type: ignore[assignment]
+        _remote.dumps = counting_dumps
+        _remote.loads = counting_loads
         return self
 
     def __exit__(self, *exc: object) -> None:
-        _remote.dumps = self._dumps  # type: ignore[assignment]
-        _remote.loads = self._loads  # type: ignore[assignment]
+        _remote.dumps = self._dumps
+        _remote.loads = self._loads
 
 
 class GpuSampler:
@@ -78,7 +78,7 @@ class GpuSampler:
         self._nvml: Any = None
         self._handles: list[Any] = []
         try:
-            import pynvml
+            import pynvml  # type: ignore[import-not-found, unused-ignore]
 
             pynvml.nvmlInit()
             count = pynvml.nvmlDeviceGetCount()

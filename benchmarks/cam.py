@@ -160,7 +160,8 @@ def psa_pattern(
                 cam = np.flip(cam, axis=-1)
             with lock:
                 spans[i % len(devices)].append((t0, time.perf_counter()))
-            return cam
+            result: np.ndarray = cam
+            return result
 
         thread_pool = batch_threader(
             _work, list(enumerate(img_list)), batch_size=12, prefetch_size=0, processes=8
@@ -340,6 +341,57 @@ def _bytes(n: float | None) -> str:
     return f"{n / 1e3:.1f} kB" if n >= 1e3 else f"{n:.0f} B"
 
 
+def _waiting_ms(row: dict[str, Any]) -> list[float]:
+    """Per simulated device: ms per image it waited for its next image."""
+    per_image = len(SCALES)
+    return [
+        c["idle_between_images"] / max(c["forwards"] / per_image - 1, 1) * 1e3
+        for c in row["device_clock"]
+    ]
+
+
+def markdown(paths: list[Path]) -> str:
+    """The README's table from benchmark JSON files (one row per runner and file)."""
+    lines: list[str] = []
+    for path in paths:
+        data = json.loads(path.read_text())
+        simulated = data["meta"].get("simulate_seconds_per_megapixel")
+        if simulated and not lines:
+            lines += [
+                "| runner | inputs | images/s | device busy (own clock) | waiting for the "
+                "next image | to the worker | back |",
+                "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+            ]
+        elif not lines:
+            lines += [
+                "| runner | devices | images/s (x pattern) | worker busy (task time) | "
+                "GPU utilisation (NVML) | to the worker | back |",
+                "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+            ]
+        for row in data["rows"]:
+            sent, back = row.get("bytes_sent_per_image"), row.get("bytes_back_per_image")
+            wire = f"{_bytes(sent)} | {_bytes(back)}"
+            if simulated:
+                busy = ", ".join(f"{b * 100:.0f}%" for b in row["device_busy_of_span"])
+                wait = ", ".join(f"{w:.0f} ms" for w in _waiting_ms(row))
+                lines.append(
+                    f"| {row['runner'].removeprefix('steadypool cam ')} | "
+                    f"{row.get('inputs') or '-'} | {row['steady_images_per_s']:.2f} | {busy} | "
+                    f"{wait} | {wire} |"
+                )
+                continue
+            busy = ", ".join(f"{b * 100:.0f}%" for b in row["busy_fraction"])
+            gpu = row.get("gpu_utilisation_active", row.get("gpu_utilisation"))
+            if isinstance(gpu, dict):
+                gpu = ", ".join("-" if u is None else f"{u * 100:.0f}%" for u in gpu.values())
+            ratio = "" if row.get("x_pattern") is None else f" ({row['x_pattern']:.2f})"
+            lines.append(
+                f"| {row['runner']} | {','.join(data['meta']['devices'])} | "
+                f"{row['images_per_s']:.2f}{ratio} | {busy} | {gpu or '-'} | {wire} |"
+            )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=48)
@@ -368,7 +420,17 @@ def main() -> None:
         "from the float32 maps",
     )
     parser.add_argument("--json", type=Path, default=HERE / "results" / "cam.json")
+    parser.add_argument(
+        "--markdown",
+        type=Path,
+        nargs="+",
+        metavar="JSON",
+        help="print the README table of these result files and exit (no run)",
+    )
     args = parser.parse_args()
+    if args.markdown:
+        print(markdown(args.markdown))
+        return
     devices = [d.strip() for d in args.devices.split(",")]
     spec = "_simdevice:SimulatedDevice" if args.simulate else MODELS[args.model]
     size = tuple(int(x) for x in args.size.split("x"))

@@ -189,7 +189,8 @@ class CamSummary:
             f"images: {self.total} listed, {self.done} done, {self.skipped} skipped "
             f"(already done), {len(self.failures)} failed",
             f"time: {self.seconds:.2f}s, {self.images_per_second:.2f} images/s "
-            f"({self.backend}, devices {', '.join(self.devices)}; inputs {self.inputs})",
+            f"({self.backend}, devices {', '.join(self.devices)}"
+            + (f"; inputs: {self.inputs})" if self.inputs not in ("", IN_PROCESS) else ")"),
         ]
         for worker, busy in self.device_busy.items():
             share = busy / self.seconds * 100 if self.seconds else 0.0
