@@ -5,12 +5,11 @@
 #
 # Runs from the repository root, in under 8 minutes on one GPU (each step has its own
 # time limit, so a stuck step costs its limit, not the run):
-#   1. what it needs: steadypool from this checkout (an editable install where pip can
-#      build it, else PYTHONPATH=src), and torch, Pillow, numpy, cloudpickle, tqdm,
-#      pytest, pytest-timeout, hypothesis, nvidia-ml-py: those already installed are
-#      kept (a machine's CUDA build of torch is never replaced); missing ones are
-#      installed with pip ('.[dev,cam,gpu]', which pins the CPU torch: only where no
-#      torch is there at all);
+#   1. what it needs: steadypool from this checkout (PYTHONPATH=src), and what the
+#      extras dev, cam and gpu name (torch, Pillow, pytest, pytest-timeout, hypothesis,
+#      nvidia-ml-py; numpy, cloudpickle, tqdm): those already there are kept (the
+#      machine's CUDA build of torch is never replaced by the pinned CPU one), missing
+#      ones are installed with pip, unpinned (a CUDA torch where none is there);
 #   2. pytest -m gpu                                        -> OUTDIR/gpu-tests.txt
 #   3. benchmarks/cam.py --model wide, psa and irn, threads and processes, 96 images:
 #        --devices cuda:0             (with the psa and irn patterns) -> OUTDIR/cam-1worker.json
@@ -20,7 +19,8 @@
 #      process boundary, and the GPU's utilisation as NVML samples it.
 # Without CUDA it says "no CUDA" and does a dry run of the same steps on the CPU (tiny
 # network, 8 images, cpu devices), so the script is proven before a GPU is lent;
-# GPU_RUN_DEVICE=cpu forces the dry run.
+# GPU_RUN_DEVICE=cpu forces the dry run; GPU_RUN_NO_INSTALL=1 installs nothing (a shared
+# environment: missing packages are then only named).
 set -u
 OUT=${1:?usage: benchmarks/gpu_run.sh OUTDIR}
 cd "$(dirname "$0")/.."
@@ -39,20 +39,15 @@ need = {"torch": "torch", "PIL": "pillow", "numpy": "numpy", "cloudpickle": "clo
 print(" ".join(p for m, p in need.items() if importlib.util.find_spec(m) is None))
 EOF
 )
-if [ -n "$missing" ]; then
+if [ -n "$missing" ] && [ -n "${GPU_RUN_NO_INSTALL:-}" ]; then
+    say "missing, not installed (GPU_RUN_NO_INSTALL): $missing"
+elif [ -n "$missing" ]; then
     say "installing what is missing: $missing"
-    if [[ " $missing " == *" torch "* ]]; then
-        "$PY" -m pip install -q -e '.[dev,cam,gpu]' 2>&1 | tail -3
-    else
-        "$PY" -m pip install -q $missing 2>&1 | tail -3
-    fi
+    "$PY" -m pip install -q $missing 2>&1 | tail -3
 fi
-if "$PY" -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1; then
-    say "steadypool installed from this checkout (editable)"
-else
-    export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-    say "steadypool from this checkout through PYTHONPATH=src (no build backend here)"
-fi
+# steadypool itself from this checkout, never installed: an editable install would
+# re-point an environment others may share, and needs hatchling (not on the GPU image)
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 "$PY" -c "import steadypool, torch, PIL; print('steadypool', steadypool.__file__, 'torch', torch.__version__)" \
     | tee -a "$OUT/gpu_run.log" || { say "cannot import steadypool, torch and Pillow: stop"; exit 2; }
 
