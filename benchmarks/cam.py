@@ -350,6 +350,17 @@ def _waiting_ms(row: dict[str, Any]) -> list[float]:
     ]
 
 
+def _inputs(row: dict[str, Any]) -> str:
+    """How the inputs travelled; for runs of code before `CamSummary.inputs`, told by
+    the bytes that crossed (the scaled arrays pickled, or the photo)."""
+    if row.get("inputs"):
+        return str(row["inputs"])
+    sent = row.get("bytes_sent_per_image") or 0
+    if not sent:
+        return "in-process"
+    return "scaled arrays, pickled" if sent > 4e6 else "photo, resized by the worker"
+
+
 def markdown(paths: list[Path]) -> str:
     """The README's table from benchmark JSON files (one row per runner and file)."""
     lines: list[str] = []
@@ -376,7 +387,7 @@ def markdown(paths: list[Path]) -> str:
                 wait = ", ".join(f"{w:.0f} ms" for w in _waiting_ms(row))
                 lines.append(
                     f"| {row['runner'].removeprefix('steadypool cam ')} | "
-                    f"{row.get('inputs') or '-'} | {row['steady_images_per_s']:.2f} | {busy} | "
+                    f"{_inputs(row)} | {row['steady_images_per_s']:.2f} | {busy} | "
                     f"{wait} | {wire} |"
                 )
                 continue
