@@ -31,14 +31,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 import steadypool as sp
 
 from . import _cam
 from ._cam import merges_flip
 from ._eval import DEFAULT_THRESHOLDS, EvalError, EvalResult, evaluate, parse_thresholds
-from ._files import content, layout_of
+from ._files import content
 from ._inputs import (
     CamInputError,
     check_label_lengths,
@@ -52,9 +50,15 @@ from ._inputs import (
     read_names,
     require_cam_extra,
 )
-from ._outputs import make_output_dirs, remove_dirs, remove_stale_temps, write_atomic
+from ._outputs import (
+    layout_on_disk,
+    make_output_dirs,
+    remove_dirs,
+    remove_stale_temps,
+    write_atomic,
+)
 from ._overlay import save_overlay
-from ._recipes import FORMATS, RECIPES, Layout
+from ._recipes import FORMATS, RECIPES
 from ._record import check_record, record_of, write_record
 from ._shared import (
     IN_PROCESS,
@@ -70,6 +74,8 @@ from ._shared import (
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
     from concurrent.futures import Future
+
+    import numpy as np
 
 __all__ = ["CamConfig", "CamSummary", "run"]
 
@@ -226,23 +232,7 @@ def _finished(config: CamConfig, name: str) -> bool:
     pngs = [d / f"{name}.png" for d in (config.pred_dir, config.overlay_dir) if d is not None]
     if not all(path.is_file() for path in (npy, *pngs)):
         return False
-    return _format_of(npy) == RECIPES[config.format].layout.value
-
-
-def _format_of(path: Path) -> str | None:
-    """The layout of a finished file (the run record says which format made it)."""
-    import torch
-
-    try:
-        loaded = np.load(path, allow_pickle=True).item()
-    except Exception:  # not ours, or unreadable: redo it
-        return None
-    layout = layout_of(loaded)
-    if layout is Layout.IRN and not (
-        isinstance(loaded["keys"], torch.Tensor) and isinstance(loaded["cam"], torch.Tensor)
-    ):
-        return None  # irn's next steps need its types
-    return layout.value if layout is not None else None
+    return layout_on_disk(npy) == RECIPES[config.format].layout.value
 
 
 def _replica(config: CamConfig) -> Any:
