@@ -438,19 +438,42 @@ def main() -> None:
         metavar="JSON",
         help="print the README table of these result files and exit (no run)",
     )
+    parser.add_argument(
+        "--transport",
+        type=int,
+        default=0,
+        metavar="N",
+        help="only the transport's ceiling: N images' inputs sent to one worker process "
+        "each way (pickled, shared memory, photo), images/s (`_transport.py`)",
+    )
     args = parser.parse_args()
     if args.markdown:
         print(markdown(args.markdown))
+        return
+    # worker processes and Ray actors import the benchmark's modules from here
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(HERE), os.environ.get("PYTHONPATH")])
+    )
+    if args.transport:
+        from _transport import ceiling
+
+        width, height = (int(x) for x in args.size.split("x"))
+        photo = Image.open(sorted(demo_images().glob("*.jpg"))[0]).convert("RGB")
+        photo = photo.resize((width, height), Image.Resampling.BICUBIC)
+        arrays = _cam.prepare_psa(None, photo, SCALES)
+        mb = sum(a.nbytes for a in arrays) / 1e6
+        print(f"transport ceiling, one worker process, {args.size} at 4 scales ({mb:.1f} MB):")
+        rates = ceiling(photo, arrays, args.transport)
+        for way, rate in rates.items():
+            print(f"  {way:<30} {rate:8.1f} images/s")
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"transport_images_per_s": rates, "size": args.size}))
         return
     devices = [d.strip() for d in args.devices.split(",")]
     spec = "_simdevice:SimulatedDevice" if args.simulate else MODELS[args.model]
     size = tuple(int(x) for x in args.size.split("x"))
     backends = [b.strip() for b in args.backends.split(",")]
     patterns = not (args.no_patterns or args.simulate)
-    # worker processes and Ray actors import the benchmark's model modules from here
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        filter(None, [str(HERE), os.environ.get("PYTHONPATH")])
-    )
     if args.simulate:
         # The math after the simulated network runs on the CPU here (device time on a
         # GPU): one thread per process, as several workers' intra-op thread pools on a
