@@ -50,7 +50,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _probes import GpuSampler, WireCounter
-from _seed import load_seed_class
+from _seed import SEED_DIR, load_seed_class
 from _simdevice import read_clocks
 from steadypool._tta import _cam
 from steadypool._tta._demo import DEMO_LABELS, demo_images
@@ -485,8 +485,14 @@ def main() -> None:
     try:
         images, labels, names = make_dataset(root, args.images, size)  # type: ignore[arg-type]
         runs: dict[str, Any] = {}
+        seed_missing = patterns and load_seed_class() is None
+        if seed_missing:  # a GPU machine gets the checkout, not shared/ beside it
+            print(
+                "psa pattern: left out, the seed's BatchThreader is not under "
+                f"{SEED_DIR} (set STEADYPOOL_SEED_DIR to the folder of the bug report)"
+            )
         for fmt in ("psa", "irn"):
-            if patterns and fmt == "psa":
+            if patterns and fmt == "psa" and not seed_missing:
                 runs["psa pattern (seed BatchThreader per image)"] = functools.partial(
                     psa_pattern, spec, devices, images, labels, names
                 )

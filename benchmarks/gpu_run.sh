@@ -13,6 +13,8 @@
 #   2. pytest -m gpu                                        -> OUTDIR/gpu-tests.txt
 #   3. benchmarks/cam.py --model wide, psa and irn, threads and processes, 96 images:
 #        --devices cuda:0             (with the psa and irn patterns) -> OUTDIR/cam-1worker.json
+#          (the psa pattern needs the bug report: shared/seed beside the checkout, or
+#          STEADYPOOL_SEED_DIR; without it that row is left out, said so)
 #        --devices cuda:0,cuda:0      (two workers on one GPU)         -> OUTDIR/cam-2workers.json
 #        --devices cuda:0, threads, --amp bf16 (psa and irn rows)      -> OUTDIR/cam-amp-bf16.json
 #      each row with images/s, the workers' task time, bytes per image across the
