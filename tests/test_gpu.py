@@ -102,3 +102,34 @@ def test_cam_amp_on_a_gpu(backend: str, amp: str, labels_file: Any, tmp_path: An
         half = np.load(tmp_path / amp / path.name, allow_pickle=True).item()
         for key in exact:
             assert np.abs(half[key] - exact[key]).max() < 0.1
+
+
+@pytest.mark.parametrize("fmt", ["psa", "irn"])
+def test_cam_on_a_gpu_worker_process_equals_threads(
+    fmt: str, labels_file: Any, tmp_path: Any
+) -> None:
+    """GPU worker processes map their inputs from shared memory (issue 19): their maps
+    equal those of thread workers on the same GPU (1e-4; the same CUDA kernels, where
+    the CPU reference would differ by TF32), and no shared-memory file is left."""
+    import numpy as np
+
+    pytest.importorskip("PIL")
+    from steadypool._tta._shared import PREFIX, SHARED, shm_dir
+    from steadypool.cam import run
+
+    from .conftest import cam_config
+
+    options = {"devices": ("cuda:0", "cuda:0"), "format": fmt}
+    threads = run(cam_config(labels_file, tmp_path / "threads", **options))
+    processes = run(cam_config(labels_file, tmp_path / "processes", backend="processes", **options))
+    assert (threads.done, processes.done, processes.failures) == (4, 4, [])
+    folder = shm_dir()
+    if folder is not None:
+        assert processes.inputs == SHARED
+        assert not list(folder.glob(f"{PREFIX}{os.getpid()}-*"))
+    for path in (tmp_path / "threads").glob("*.npy"):
+        want = np.load(path, allow_pickle=True).item()
+        got = np.load(tmp_path / "processes" / path.name, allow_pickle=True).item()
+        assert sorted(map(str, got)) == sorted(map(str, want))
+        for key in want:
+            np.testing.assert_allclose(np.asarray(got[key]), np.asarray(want[key]), atol=1e-4)

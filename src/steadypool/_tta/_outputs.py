@@ -10,13 +10,21 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._files import layout_of
 from ._inputs import CamInputError
+from ._recipes import Layout
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from pathlib import Path
 
-__all__ = ["make_output_dirs", "remove_dirs", "remove_stale_temps", "write_atomic"]
+__all__ = [
+    "layout_on_disk",
+    "make_output_dirs",
+    "remove_dirs",
+    "remove_stale_temps",
+    "write_atomic",
+]
 
 
 def make_output_dirs(folders: Sequence[Path | None]) -> list[Path]:
@@ -81,3 +89,20 @@ def write_atomic(path: Path, obj: Any) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def layout_on_disk(path: Path) -> str | None:
+    """The layout of a finished file, None when it is unreadable or lacks its format's
+    types (a resumed run redoes it; the run record says which format made it)."""
+    import torch
+
+    try:
+        loaded = np.load(path, allow_pickle=True).item()
+    except Exception:  # not ours, or unreadable: redo it
+        return None
+    layout = layout_of(loaded)
+    if layout is Layout.IRN and not (
+        isinstance(loaded["keys"], torch.Tensor) and isinstance(loaded["cam"], torch.Tensor)
+    ):
+        return None  # irn's next steps need its types
+    return layout.value if layout is not None else None

@@ -5,6 +5,12 @@ Data flow (all through the public `steadypool.Pool` API)::
     names --cpu.imap(prepare)--> scaled images --dev.imap(infer)--> final maps
           --cpu.submit(save)--> out/NAME.npy (temp file + rename), pred PNG, overlay
 
+How the scaled images reach a device worker (`CamSummary.inputs`): on threads, as
+they are; to worker processes and Ray actors on this machine, through shared memory
+(`_shared.py`: the parent's CPU workers write them, the worker maps them, ~200 bytes
+pickled instead of ~17 MB); to Ray actors of a cluster (or without /dev/shm, or when
+it is full), the decoded photo goes (~0.5 MB) and the worker resizes it.
+
 Both streams are ordered and windowed: while device workers run image k, CPU workers
 decode and resize images k+1.. and save images ..k-1 (no per-image barrier).  Every
 device worker holds its own replica (`setup`), so no replica is ever driven by two
@@ -21,18 +27,16 @@ import os
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 import steadypool as sp
 
 from . import _cam
 from ._cam import merges_flip
 from ._eval import DEFAULT_THRESHOLDS, EvalError, EvalResult, evaluate, parse_thresholds
-from ._files import content, layout_of
+from ._files import content
 from ._inputs import (
     CamInputError,
     check_label_lengths,
@@ -46,14 +50,32 @@ from ._inputs import (
     read_names,
     require_cam_extra,
 )
-from ._outputs import make_output_dirs, remove_dirs, remove_stale_temps, write_atomic
+from ._outputs import (
+    layout_on_disk,
+    make_output_dirs,
+    remove_dirs,
+    remove_stale_temps,
+    write_atomic,
+)
 from ._overlay import save_overlay
-from ._recipes import FORMATS, RECIPES, Layout
+from ._recipes import FORMATS, RECIPES
 from ._record import check_record, record_of, write_record
+from ._shared import (
+    IN_PROCESS,
+    PHOTO,
+    SHARED,
+    Segments,
+    SharedInputs,
+    choose_inputs,
+    remove_stale,
+    shm_dir,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
     from concurrent.futures import Future
+
+    import numpy as np
 
 __all__ = ["CamConfig", "CamSummary", "run"]
 
@@ -162,6 +184,7 @@ class CamSummary:
     devices: tuple[str, ...] = ()
     backend: str = ""
     evaluation: EvalResult | None = None
+    inputs: str = ""  # how the scaled images reached the device workers (_shared.INPUTS)
 
     @property
     def images_per_second(self) -> float:
@@ -172,7 +195,8 @@ class CamSummary:
             f"images: {self.total} listed, {self.done} done, {self.skipped} skipped "
             f"(already done), {len(self.failures)} failed",
             f"time: {self.seconds:.2f}s, {self.images_per_second:.2f} images/s "
-            f"({self.backend}, devices {', '.join(self.devices)})",
+            f"({self.backend}, devices {', '.join(self.devices)}"
+            + (f"; inputs: {self.inputs})" if self.inputs not in ("", IN_PROCESS) else ")"),
         ]
         for worker, busy in self.device_busy.items():
             share = busy / self.seconds * 100 if self.seconds else 0.0
@@ -189,8 +213,12 @@ class _Prepared:
     name: str
     size: tuple[int, int]  # (H, W)
     label: np.ndarray
-    scaled: list[np.ndarray] | None  # None: the device worker resizes (process backend)
+    scaled: list[np.ndarray] | SharedInputs | None  # None: the device worker resizes
     image: Any  # the RGB photo: for overlays, and for workers that resize themselves
+
+    def for_device(self) -> _Prepared:
+        """What the device worker needs: the photo only when it resizes it."""
+        return self if self.scaled is None else replace(self, image=None)
 
 
 def _folders(config: CamConfig) -> list[Path | None]:
@@ -204,23 +232,7 @@ def _finished(config: CamConfig, name: str) -> bool:
     pngs = [d / f"{name}.png" for d in (config.pred_dir, config.overlay_dir) if d is not None]
     if not all(path.is_file() for path in (npy, *pngs)):
         return False
-    return _format_of(npy) == RECIPES[config.format].layout.value
-
-
-def _format_of(path: Path) -> str | None:
-    """The layout of a finished file (the run record says which format made it)."""
-    import torch
-
-    try:
-        loaded = np.load(path, allow_pickle=True).item()
-    except Exception:  # not ours, or unreadable: redo it
-        return None
-    layout = layout_of(loaded)
-    if layout is Layout.IRN and not (
-        isinstance(loaded["keys"], torch.Tensor) and isinstance(loaded["cam"], torch.Tensor)
-    ):
-        return None  # irn's next steps need its types
-    return layout.value if layout is not None else None
+    return layout_on_disk(npy) == RECIPES[config.format].layout.value
 
 
 def _replica(config: CamConfig) -> Any:
@@ -239,6 +251,8 @@ def _infer(config: CamConfig, item: _Prepared) -> tuple[str, Any]:
     scaled = item.scaled
     if scaled is None:  # resize here: ~0.5 MB of photo travelled instead of ~17 MB of scales
         scaled = _cam.prepare(recipe, worker.state, item.image, config.scales)
+    elif isinstance(scaled, SharedInputs):  # written by the parent's CPU workers
+        scaled = scaled.open()
     result = _cam.infer(
         recipe,
         worker.state,
@@ -330,14 +344,9 @@ def run(config: CamConfig) -> CamSummary:
     created = make_output_dirs(_folders(config))
     summary = CamSummary(total=len(names), devices=config.devices, backend=config.backend)
     warned = threading.Event()  # set once a 16-bit photo was reported
-    # Resize where the free CPUs are.  Worker processes pinned to CPUs resize for
-    # themselves: they are the CPUs, and the scaled float32 inputs (~17 MB for a VOC image
-    # at 4 scales) cost more to send than to compute (psa on processes, 2 cores: 0.45x ->
-    # 1.41x the psa pattern).  With GPUs the parent's CPU workers resize in parallel while
-    # the GPU workers only run the network (on an H100: 17 images/s against 7.4).
-    resize_in_worker = config.backend in ("processes", "ray") and all(
-        d.startswith("cpu") for d in config.devices
-    )
+    inputs = IN_PROCESS  # decided once the device pool is up (Ray: is it this machine?)
+    segments: Segments | None = None
+    full = threading.Event()  # set once shared memory was full (reported once)
 
     def prepare(name: str) -> _Prepared | _Skip:
         if config.resume and _finished(config, name):
@@ -356,11 +365,25 @@ def run(config: CamConfig) -> CamSummary:
                 )
             image = opened.convert("RGB")
         size = (image.height, image.width)
-        if resize_in_worker:
+        if inputs == PHOTO:
             return _Prepared(name, size, label, None, image)
         keep = image if config.overlay_dir is not None else None
         scaled = _cam.prepare(recipe, model, image, config.scales)
-        return _Prepared(name, size, label, scaled, keep)
+        if segments is None:
+            return _Prepared(name, size, label, scaled, keep)
+        try:
+            return _Prepared(name, size, label, segments.put(scaled), keep)
+        except OSError as exc:  # /dev/shm full: this image goes as its photo
+            if not full.is_set():
+                full.set()
+                _LOG.warning(
+                    "shared memory (%s) has no room for %s's inputs (%s): such images go "
+                    "to the device worker as photos, which resizes them (reported once)",
+                    segments.directory,
+                    name,
+                    exc,
+                )
+            return _Prepared(name, size, label, None, image)
 
     cpu_workers = config.cpu_workers or max(2, min(8, os.cpu_count() or 2))
     in_device: deque[_Prepared] = deque()  # prepared items in the device stream, in order
@@ -383,7 +406,7 @@ def run(config: CamConfig) -> CamSummary:
                 bar.update(1)
             else:
                 in_device.append(item)
-                yield item
+                yield item.for_device()
 
     def finish_save(name: str, future: Future[None]) -> None:
         try:
@@ -395,6 +418,13 @@ def run(config: CamConfig) -> CamSummary:
 
     start = time.perf_counter()
     with contextlib.ExitStack() as stack:
+        shared_dir = shm_dir() if config.backend != "threads" else None
+        if shared_dir is not None:
+            remove_stale(shared_dir)
+            segments = Segments(shared_dir)
+            # after the pools have ended (callbacks run last in, first out), so no CPU
+            # worker still writes: every file of this run goes, whatever ended it
+            stack.callback(segments.close)
         try:
             cpu = stack.enter_context(sp.Pool(cpu_workers, name="cam-cpu"))
             dev = stack.enter_context(
@@ -410,6 +440,9 @@ def run(config: CamConfig) -> CamSummary:
             bar.close()
             remove_dirs(created)
             raise CamInputError(str(exc)) from exc
+        inputs = summary.inputs = choose_inputs(config.backend)
+        if inputs != SHARED:
+            segments = None
         remove_stale_temps(_folders(config))
         write_record(config.out, record)  # the run starts: its record goes beside the maps
         prepared = cpu.imap(prepare, names, on_error="return", window=2 * cpu_workers)
@@ -420,6 +453,8 @@ def run(config: CamConfig) -> CamSummary:
                 bar.set_postfix_str("")
                 started = True
             item = in_device.popleft()
+            if segments is not None:  # its outcome is in: the worker is done with them
+                segments.release(item.scaled)
             if isinstance(result, BaseException):
                 summary.failures.append((item.name, _reason(result)))
                 bar.update(1)
