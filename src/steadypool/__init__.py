@@ -12,6 +12,7 @@ from ._records import BusyWorker as BusyWorker
 from ._records import StallReport as StallReport
 from ._stats import PoolStats as PoolStats
 from ._stats import WorkerStats as WorkerStats
+from ._stream import Stream as Stream
 from ._worker import Worker as Worker
 from ._worker import current_worker as current_worker
 
@@ -25,6 +26,7 @@ __all__ = (
     "RemoteError",
     "StallError",
     "StallReport",
+    "Stream",
     "TaskTimeout",
     "UnpicklableArgument",
     "Worker",

@@ -22,13 +22,15 @@ from ._devices import check_available, parse_devices
 from ._exceptions import add_task_note
 from ._exit import DEFAULT_STALL_TIMEOUT
 from ._map import map_outcomes, map_results, run_chunk
+from ._resume import DEFAULT_CHECKPOINT_EVERY, load_state, parse_state, skip_consumed
 from ._stats import PoolStats
-from ._stream import StreamOwner, run_stream
+from ._stream import Stream, StreamOwner
 from ._watchdog import Monitor, Watchdog
 from ._worker import Worker
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+    from os import PathLike
     from types import TracebackType
     from typing import ParamSpec, Self
 
@@ -433,7 +435,10 @@ class Pool(Executor):
         window: int | None = ...,
         ordered: bool = ...,
         on_error: Literal["raise"] = ...,
-    ) -> Generator[T, None, None]: ...
+        resume: dict[str, Any] | None = ...,
+        checkpoint: str | PathLike[str] | None = ...,
+        checkpoint_every: float = ...,
+    ) -> Stream[T]: ...
 
     @overload
     def imap(
@@ -444,7 +449,10 @@ class Pool(Executor):
         window: int | None = ...,
         ordered: bool = ...,
         on_error: Literal["return"],
-    ) -> Generator[T | BaseException, None, None]: ...
+        resume: dict[str, Any] | None = ...,
+        checkpoint: str | PathLike[str] | None = ...,
+        checkpoint_every: float = ...,
+    ) -> Stream[T | BaseException]: ...
 
     def imap(
         self,
@@ -454,7 +462,10 @@ class Pool(Executor):
         window: int | None = None,
         ordered: bool = True,
         on_error: Literal["raise", "return"] = "raise",
-    ) -> Generator[T, None, None] | Generator[T | BaseException, None, None]:
+        resume: dict[str, Any] | None = None,
+        checkpoint: str | PathLike[str] | None = None,
+        checkpoint_every: float = DEFAULT_CHECKPOINT_EVERY,
+    ) -> Stream[T] | Stream[T | BaseException]:
         """Stream ``fn(item)`` over `iterable` lazily, keeping at most `window` in flight.
 
         Args:
@@ -473,19 +484,46 @@ class Pool(Executor):
                 note naming its input position and worker) and everything queued behind
                 it is cancelled.  ``"return"``: the exception object is yielded in
                 place of the result and the stream goes on.
+            resume: A `Stream.state_dict` of an earlier stream over the same input in
+                the same mode: its consumed items are skipped without being run (a
+                `Sequence` is indexed past them, an iterator read and discarded) and
+                the rest is yielded as if the stream had never stopped.
+            checkpoint: A file to keep the stream's state in: if it exists the stream
+                resumes from it, and the state is saved to it atomically (temp file,
+                fsync, rename) every `checkpoint_every` seconds, when the consumer asks
+                for an item, and when the stream ends.  Not with `resume`.
+            checkpoint_every: Seconds between saves of `checkpoint` (0: at every
+                item).
 
         Returns:
-            An iterator of results.  Nothing runs until it is first advanced.
+            A `Stream`: an iterator of results that also has ``state_dict()`` and
+            ``close()``.  Nothing runs until it is first advanced.
 
         Raises:
-            TypeError, ValueError: Bad arguments, at the call, before any work starts.
+            TypeError, ValueError: Bad arguments, at the call, before any work starts;
+                a `resume` state (or `checkpoint` file) of another mode or input length.
             RuntimeError: The pool has been shut down.
             BrokenPool: A worker's setup failed (whatever `on_error` says).
 
         **Abandoning:** ``break``, ``close()`` or garbage collection of the iterator
         cancels every queued task; tasks already running finish and are discarded.
+        **Resuming:** an item counts as consumed when the consumer asks for the next
+        one; consumed items are never run again, items in flight when a job stopped
+        (at most `window`, plus with `checkpoint` those consumed since the last save)
+        run again.
         """
-        return self._stream(fn, iterable, window, ordered, on_error, 1, batched=False)
+        return self._stream(
+            fn,
+            iterable,
+            window,
+            ordered,
+            on_error,
+            1,
+            batched=False,
+            resume=resume,
+            checkpoint=checkpoint,
+            checkpoint_every=checkpoint_every,
+        )
 
     @overload
     def imap_batches(
@@ -496,7 +534,10 @@ class Pool(Executor):
         *,
         prefetch: int = ...,
         on_error: Literal["raise"] = ...,
-    ) -> Generator[list[T], None, None]: ...
+        resume: dict[str, Any] | None = ...,
+        checkpoint: str | PathLike[str] | None = ...,
+        checkpoint_every: float = ...,
+    ) -> Stream[list[T]]: ...
 
     @overload
     def imap_batches(
@@ -507,7 +548,10 @@ class Pool(Executor):
         *,
         prefetch: int = ...,
         on_error: Literal["return"],
-    ) -> Generator[list[T | BaseException], None, None]: ...
+        resume: dict[str, Any] | None = ...,
+        checkpoint: str | PathLike[str] | None = ...,
+        checkpoint_every: float = ...,
+    ) -> Stream[list[T | BaseException]]: ...
 
     def imap_batches(
         self,
@@ -517,12 +561,16 @@ class Pool(Executor):
         *,
         prefetch: int = 1,
         on_error: Literal["raise", "return"] = "raise",
-    ) -> Generator[list[T], None, None] | Generator[list[T | BaseException], None, None]:
+        resume: dict[str, Any] | None = None,
+        checkpoint: str | PathLike[str] | None = None,
+        checkpoint_every: float = DEFAULT_CHECKPOINT_EVERY,
+    ) -> Stream[list[T]] | Stream[list[T | BaseException]]:
         """Stream ``fn(item)`` over `iterable`, yielding lists of `batch_size` results.
 
         Keeps ``(prefetch + 1) * batch_size`` items in flight while the consumer works
         on a batch, as the seed's ``BatchThreader`` does; the last batch may be shorter.
-        Otherwise as `imap` (ordered, lazy, same `on_error` and abandoning rules).
+        Otherwise as `imap` (ordered, lazy, same `on_error`, abandoning and resuming
+        rules: the items of a batch count as consumed when the next batch is asked for).
 
         Raises:
             TypeError, ValueError: `batch_size` < 1, `prefetch` < 0, or as `imap`.
@@ -530,7 +578,18 @@ class Pool(Executor):
         _check_int("batch_size", batch_size, 1, "results per yielded list")
         _check_int("prefetch", prefetch, 0, "batches kept in flight beyond the current one")
         window = (prefetch + 1) * batch_size
-        return self._stream(fn, iterable, window, True, on_error, batch_size, batched=True)
+        return self._stream(
+            fn,
+            iterable,
+            window,
+            True,
+            on_error,
+            batch_size,
+            batched=True,
+            resume=resume,
+            checkpoint=checkpoint,
+            checkpoint_every=checkpoint_every,
+        )
 
     def _stream(
         self,
@@ -542,13 +601,31 @@ class Pool(Executor):
         batch_size: int,
         *,
         batched: bool,
-    ) -> Generator[Any, None, None]:
+        resume: dict[str, Any] | None,
+        checkpoint: str | PathLike[str] | None,
+        checkpoint_every: float,
+    ) -> Stream[Any]:
         _check_callable("fn", fn)
         capacity = 2 * self.workers if window is None else window
         _check_int("window", capacity, 1, "items in flight or buffered at once")
         if on_error not in _ON_ERROR:
             raise ValueError(f"on_error must be 'raise' or 'return', got {on_error!r}")
         source = iter(iterable)  # TypeError now, not at the first next()
+        if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int | float):
+            raise TypeError(f"checkpoint_every must be seconds >= 0, got {checkpoint_every!r}")
+        if not checkpoint_every >= 0:
+            raise ValueError(f"checkpoint_every must be seconds >= 0, got {checkpoint_every!r}")
+        if resume is not None and checkpoint is not None:
+            raise ValueError(
+                "give resume= or checkpoint=, not both (checkpoint= resumes from its file)"
+            )
+        length = len(iterable) if isinstance(iterable, Sized) else None
+        state = load_state(checkpoint) if checkpoint is not None else resume
+        consumed: Any = 0
+        keyed = False
+        if state is not None:
+            consumed = parse_state(state, ordered=bool(ordered), length=length)
+            source, keyed = skip_consumed(iterable, consumed)
         self._check_usable()
         self._backend.prepare(fn)
         if self._finalizer.alive is False:
@@ -559,10 +636,12 @@ class Pool(Executor):
         if self._progress:
             from tqdm.auto import tqdm
 
-            total = len(iterable) if isinstance(iterable, Sized) else None
-            bar = tqdm(total=total, unit="item", desc="steadypool", dynamic_ncols=True)
+            done = consumed if isinstance(consumed, int) else len(consumed)
+            bar = tqdm(
+                total=length, initial=done, unit="item", desc="steadypool", dynamic_ncols=True
+            )
             self._bars.add(bar)
-        return run_stream(
+        return Stream(
             self._backend.submit,
             fn,
             source,
@@ -576,6 +655,11 @@ class Pool(Executor):
             progress=bar,
             keepalive=self,
             withdraw=self._backend.withdraw,
+            length=length,
+            consumed=consumed,
+            keyed=keyed,
+            checkpoint=checkpoint,
+            checkpoint_every=float(checkpoint_every),
         )
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
