@@ -108,6 +108,9 @@ class _Phase(enum.Enum):
     ENDED = "ended"
 
 
+_OPEN, _ENDED = _Phase.OPEN, _Phase.ENDED  # read per item: module globals, not lookups
+
+
 def _take(out: list[Any], batched: bool) -> Any:
     """What to hand out: the batch (a new list) or its one result; `out` is left empty."""
     if not batched:
@@ -239,82 +242,82 @@ class Stream(Generic[T]):
     def __next__(self) -> T:
         """Hand out the next result (or batch); what the last call handed out is
         consumed from now on."""
-        phase = self._phase
-        if phase is not _Phase.OPEN:
-            if phase is _Phase.ENDED:
+        # One frame per item, locals for what the loop reads: this is the hot path.
+        window = self._window
+        if self._phase is not _OPEN:
+            if self._phase is _ENDED:
                 raise StopIteration
-            self._phase = _Phase.OPEN
+            self._phase = _OPEN
+            first = True
+        else:
+            first = False
         try:
-            result: T = self._next(phase is _Phase.NEW)
+            if first:
+                self._refill()
+            else:
+                if window.ordered:
+                    self._done_below = window.handed
+                elif self._handed_keys:
+                    add = self._consumed.add  # type: ignore[union-attr]  # set if unordered
+                    for key in self._handed_keys:
+                        add(key)
+                    self._handed_keys.clear()
+                if self._slow_read:
+                    self._refill()  # after a hand-out: a slow read does not delay a ready one
+            if (
+                self._checkpoint is not None
+                and time.monotonic() - self._saved_at >= self._checkpoint_every
+            ):
+                self._save()
+            if not window.unpopped:
+                stopped, self._stopped = self._stopped, None
+                if stopped is not None:
+                    raise stopped
+                raise StopIteration
+            get, batch_size, raise_errors = self._get, self._batch_size, self._raise_errors
+            keys = None if window.ordered else self._handed_keys
+            out: list[Any] = []  # the results of the batch being built
+            while len(out) < batch_size and window.unpopped:
+                outcome = window.pop()
+                while outcome is None:
+                    # Wake-up path: every submitted task's outcome (module docstring).
+                    # In slices: Ctrl-C that the kernel handed to another thread is
+                    # acted on only when this thread runs Python code again.
+                    try:
+                        arrived = get(True, SIGNAL_SLICE)
+                    except Empty:
+                        continue
+                    outcome = window.offer(arrived[0], arrived)
+                    del arrived
+                key, ok, value, worker = outcome
+                del outcome
+                if not ok:
+                    if isinstance(value, FATAL):
+                        raise value  # the pool, not the task, failed: never a result
+                    add_task_note(value, key, worker)
+                    if raise_errors:
+                        raise value
+                out.append(value)
+                del value
+                if keys is not None:
+                    keys.append(key)
+            window.hand_out()
+            adaptive = self.adaptive
+            if adaptive and window.handed - self._checked_count >= window.capacity:
+                self._value_size = nbytes(out[-1])
+                self._adapt()
+            if not self._slow_read and (not adaptive or window.room() >= window.capacity // 8):
+                # Before the hand-out: the workers stay busy while the consumer works.  A
+                # grown window is topped up an eighth at a time (7/8 stay queued).
+                self._refill()
+            if self._progress is not None:
+                self._progress.update(len(out))
         except BaseException:
             # Exhausted (StopIteration), failed, or interrupted: the stream is over.
             self._end()
             raise
+        result: T = _take(out, self._batched)  # the consumer holds what it got, not us
         return result
-
-    def _next(self, first: bool) -> Any:
-        window = self._window
-        if first:
-            self._refill()
-        else:
-            if window.ordered:
-                self._done_below = window.handed
-            elif self._handed_keys:
-                add = self._consumed.add  # type: ignore[union-attr]  # set when unordered
-                for key in self._handed_keys:
-                    add(key)
-                self._handed_keys.clear()
-            if self._slow_read:
-                self._refill()  # after a hand-out: a slow read does not delay a ready result
-        if (
-            self._checkpoint is not None
-            and time.monotonic() - self._saved_at >= self._checkpoint_every
-        ):
-            self._save()
-        if not window.unpopped:
-            stopped, self._stopped = self._stopped, None
-            if stopped is not None:
-                raise stopped
-            raise StopIteration
-        get, batch_size, raise_errors = self._get, self._batch_size, self._raise_errors
-        keys = None if window.ordered else self._handed_keys
-        out: list[Any] = []  # the results of the batch being built
-        while len(out) < batch_size and window.unpopped:
-            outcome = window.pop()
-            while outcome is None:
-                # Wake-up path: every submitted task's outcome (see module docstring).
-                # In slices: Ctrl-C that the kernel handed to another thread is acted
-                # on only when this thread runs Python code again.
-                try:
-                    arrived = get(True, SIGNAL_SLICE)
-                except Empty:
-                    continue
-                outcome = window.offer(arrived[0], arrived)
-                del arrived
-            key, ok, value, worker = outcome
-            del outcome
-            if not ok:
-                if isinstance(value, FATAL):
-                    raise value  # the pool, not the task, failed: never a result
-                add_task_note(value, key, worker)
-                if raise_errors:
-                    raise value
-            out.append(value)
-            del value
-            if keys is not None:
-                keys.append(key)
-        window.hand_out()
-        adaptive = self.adaptive
-        if adaptive and window.handed - self._checked_count >= window.capacity:
-            self._value_size = nbytes(out[-1])
-            self._adapt()
-        if not self._slow_read and (not adaptive or window.room() >= window.capacity // 8):
-            # Before the hand-out: the workers stay busy while the consumer works.  A
-            # grown window is topped up an eighth at a time (7/8 stay queued).
-            self._refill()
-        if self._progress is not None:
-            self._progress.update(len(out))
-        return _take(out, self._batched)  # the consumer holds what it got, not us
 
     def _result_soon(self, timeout: float) -> bool:
         """Wait up to `timeout` for a result that may be handed out now."""
@@ -349,13 +352,11 @@ class Stream(Generic[T]):
         """Read and submit items while the window has room (see SLOW_READ)."""
         window, source, clock = self._window, self._source, time.monotonic
         fn, owner, submit, keyed = self._fn, self._owner, self._submit, self._keyed
+        adaptive, workers = self.adaptive, self._workers
         assert fn is not None  # only read while OPEN
         while not self._exhausted and window.has_room():
-            if (
-                self._slow_read
-                and window.unpopped >= self._workers
-                and self._result_soon(self._slow_read)
-            ):
+            slow_read = self._slow_read
+            if slow_read and window.unpopped >= workers and self._result_soon(slow_read):
                 return  # every worker has an item: hand out what is ready first
             begun = clock()
             try:
@@ -370,8 +371,11 @@ class Stream(Generic[T]):
                 return
             read = clock()
             self._slow_read = read - begun if read - begun > SLOW_READ else 0.0
-            key, item = item if keyed else (window.read, item)
-            if self.adaptive:
+            if keyed:
+                key, item = item  # a resumed unordered stream: (input position, item)
+            else:
+                key = window.read
+            if adaptive:
                 self._item_size = nbytes(item)
             try:
                 submit((key, fn, (item,), None, owner, read))
@@ -424,7 +428,7 @@ class Stream(Generic[T]):
 
         Idempotent.  With `checkpoint`, the state is saved a last time.
         """
-        if self._phase is _Phase.OPEN:
+        if self._phase is _OPEN:
             self._end()
         else:
             self._phase = _Phase.ENDED
