@@ -257,3 +257,26 @@ def test_a_stream_is_an_iterator_that_ends_once(backend: str) -> None:
         with pytest.raises(StopIteration):
             next(failing)
         assert failing.state_dict()["count"] == 1  # the failed item is not consumed
+
+
+@pytest.mark.parametrize("chunksize", [1, 4])
+def test_map_resumes_past_what_was_consumed(backend: str, tmp_path: Path, chunksize: int) -> None:
+    """map: the same state_dict and resume= (ordered); a resumed map submits only the
+    items not consumed, and an error names its original input position."""
+    first, second = Journal(tmp_path / "first"), Journal(tmp_path / "second")
+    with sp.Pool(2, backend=backend) as pool:
+        results = pool.map(partial(record, journal=first), range(20), chunksize=chunksize)
+        assert [next(results) for _ in range(7)] == [x * x for x in range(7)]
+        state = results.state_dict()
+        results.close()
+        assert state["count"] == 6
+        rest = pool.map(partial(record, journal=second), range(20), resume=state)
+        assert list(rest) == [x * x for x in range(6, 20)]
+        assert rest.state_dict()["count"] == 20
+        divisors = [1] * 8 + [0] + [1] * 11
+        failing = pool.map(divmod, [1] * 20, divisors, resume=state, chunksize=chunksize)
+        assert [next(failing), next(failing)] == [(1, 0), (1, 0)]  # positions 6 and 7
+        with pytest.raises(ZeroDivisionError) as info:
+            next(failing)
+    assert sorted(second.read()) == list(range(6, 20))
+    assert "input position 8" in "".join(info.value.__notes__)

@@ -7,6 +7,7 @@ from ._exceptions import StallError as StallError
 from ._exceptions import TaskTimeout as TaskTimeout
 from ._exceptions import UnpicklableArgument as UnpicklableArgument
 from ._exceptions import WorkerCrashed as WorkerCrashed
+from ._map import MapStream as MapStream
 from ._pool import Pool as Pool
 from ._records import BusyWorker as BusyWorker
 from ._records import StallReport as StallReport
@@ -21,6 +22,7 @@ __version__ = "0.1.0"
 __all__ = (
     "BrokenPool",
     "BusyWorker",
+    "MapStream",
     "Pool",
     "PoolStats",
     "RemoteError",

@@ -21,7 +21,7 @@ from ._backends import get_backend
 from ._devices import check_available, parse_devices
 from ._exceptions import add_task_note
 from ._exit import DEFAULT_STALL_TIMEOUT
-from ._map import map_outcomes, map_results, run_chunk
+from ._map import MapStream, map_outcomes, map_results, run_chunk
 from ._resume import DEFAULT_CHECKPOINT_EVERY, load_state, parse_state, skip_consumed
 from ._stats import PoolStats
 from ._stream import Stream, StreamOwner
@@ -375,7 +375,10 @@ class Pool(Executor):
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int = 1,
-    ) -> Generator[T, None, None]:
+        resume: dict[str, Any] | None = None,
+        checkpoint: str | PathLike[str] | None = None,
+        checkpoint_every: float = DEFAULT_CHECKPOINT_EVERY,
+    ) -> MapStream[T]:
         """Return an iterator of ``fn(*args)`` over zipped `iterables`, in order.
 
         The `concurrent.futures.Executor.map` contract: the inputs are read and every
@@ -384,39 +387,88 @@ class Pool(Executor):
         worker).  With `chunksize` > 1, tasks go to workers in chunks of that many items,
         which makes tiny tasks much cheaper.  Closing the iterator early cancels the
         tasks not yet started.  For a lazy, bounded window use `imap`.
+        `resume`, `checkpoint` and `checkpoint_every` as for `imap` (ordered): the
+        iterator has ``state_dict()``, and a resumed map submits only the items not
+        consumed (a `Sequence` input is indexed past the others).
 
         Raises:
-            TypeError, ValueError: `fn` is not callable, `chunksize` < 1.
+            TypeError, ValueError: `fn` is not callable, `chunksize` < 1, a `resume`
+                state (or `checkpoint` file) of another mode or input length.
             TimeoutError: From `__next__`, when the next result is not ready within
                 `timeout` seconds of the call to `map`.
         """
         _check_callable("fn", fn)
         _check_int("chunksize", chunksize, 1, "items per task sent to a worker")
+        length = None
+        if iterables and all(isinstance(it, Sized) for it in iterables):
+            length = min(len(it) for it in iterables)  # type: ignore[arg-type]
+        consumed = self._resumed(True, length, resume, checkpoint, checkpoint_every)
         self._backend.prepare(fn)
         end = None if timeout is None else timeout + time.monotonic()
+        if consumed:
+            iterables = tuple(skip_consumed(it, consumed)[0] for it in iterables)
         argtuples = zip(*iterables, strict=False)
         futures: list[Future[Any]]
+        results: Generator[T, None, None]
         if chunksize == 1:
-            return self._map_items(fn, argtuples, end)
-        futures = []
-        chunks: list[tuple[int, list[tuple[Any, ...]]]] = []
-        start = 0
-        while chunk := list(islice(argtuples, chunksize)):
-            futures.append(self._submit_at(None, run_chunk, (fn, start, chunk)))
-            chunks.append((start, chunk))
-            start += len(chunk)
-        return map_results(
-            futures, end, chunks=chunks, resubmit=lambda pos, args: self._submit_at(pos, fn, args)
+            results = self._map_items(fn, argtuples, end, consumed)
+        else:
+            futures = []
+            chunks: list[tuple[int, list[tuple[Any, ...]]]] = []
+            start = consumed
+            while chunk := list(islice(argtuples, chunksize)):
+                futures.append(self._submit_at(None, run_chunk, (fn, start, chunk)))
+                chunks.append((start, chunk))
+                start += len(chunk)
+            results = map_results(
+                futures,
+                end,
+                chunks=chunks,
+                resubmit=lambda pos, args: self._submit_at(pos, fn, args),
+            )
+        return MapStream(
+            results,
+            consumed=consumed,
+            length=length,
+            checkpoint=checkpoint,
+            checkpoint_every=float(checkpoint_every),
         )
 
+    def _resumed(
+        self,
+        ordered: bool,
+        length: int | None,
+        resume: dict[str, Any] | None,
+        checkpoint: str | PathLike[str] | None,
+        checkpoint_every: object,
+    ) -> Any:
+        """Check the resume options; return the consumed positions of the state to
+        resume from (a count or a `Consumed`), or 0."""
+        if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int | float):
+            raise TypeError(f"checkpoint_every must be seconds >= 0, got {checkpoint_every!r}")
+        if not checkpoint_every >= 0:
+            raise ValueError(f"checkpoint_every must be seconds >= 0, got {checkpoint_every!r}")
+        if resume is not None and checkpoint is not None:
+            raise ValueError(
+                "give resume= or checkpoint=, not both (checkpoint= resumes from its file)"
+            )
+        state = load_state(checkpoint) if checkpoint is not None else resume
+        if state is None:
+            return 0
+        return parse_state(state, ordered=ordered, length=length)
+
     def _map_items(
-        self, fn: Callable[..., T], argtuples: Iterator[tuple[Any, ...]], end: float | None
+        self,
+        fn: Callable[..., T],
+        argtuples: Iterator[tuple[Any, ...]],
+        end: float | None,
+        first: int,
     ) -> Generator[T, None, None]:
         """`map` with one task per item: all submitted now, under one owner."""
         self._check_usable()
         owner = StreamOwner()
         submit = self._backend.submit
-        count = 0
+        count = first
         try:
             for args in argtuples:
                 submit((count, fn, args, None, owner, time.monotonic()))
@@ -424,7 +476,14 @@ class Pool(Executor):
         except BaseException:
             owner.cancelled = True  # nobody can have their results
             raise
-        return map_outcomes(owner, count, end, keepalive=self, withdraw=self._backend.withdraw)
+        return map_outcomes(
+            owner,
+            count - first,
+            end,
+            first=first,
+            keepalive=self,
+            withdraw=self._backend.withdraw,
+        )
 
     @overload
     def imap(
@@ -611,20 +670,10 @@ class Pool(Executor):
         if on_error not in _ON_ERROR:
             raise ValueError(f"on_error must be 'raise' or 'return', got {on_error!r}")
         source = iter(iterable)  # TypeError now, not at the first next()
-        if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int | float):
-            raise TypeError(f"checkpoint_every must be seconds >= 0, got {checkpoint_every!r}")
-        if not checkpoint_every >= 0:
-            raise ValueError(f"checkpoint_every must be seconds >= 0, got {checkpoint_every!r}")
-        if resume is not None and checkpoint is not None:
-            raise ValueError(
-                "give resume= or checkpoint=, not both (checkpoint= resumes from its file)"
-            )
         length = len(iterable) if isinstance(iterable, Sized) else None
-        state = load_state(checkpoint) if checkpoint is not None else resume
-        consumed: Any = 0
+        consumed = self._resumed(bool(ordered), length, resume, checkpoint, checkpoint_every)
         keyed = False
-        if state is not None:
-            consumed = parse_state(state, ordered=bool(ordered), length=length)
+        if consumed:
             source, keyed = skip_consumed(iterable, consumed)
         self._check_usable()
         self._backend.prepare(fn)
