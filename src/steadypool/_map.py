@@ -200,12 +200,12 @@ class MapStream(Generic[T]):
     __slots__ = (
         "_checkpoint",
         "_checkpoint_every",
-        "_done",
         "_ended",
         "_handed",
         "_length",
         "_results",
         "_saved_at",
+        "_start",
     )
 
     def __init__(
@@ -218,7 +218,10 @@ class MapStream(Generic[T]):
         checkpoint_every: float = 0.0,
     ) -> None:
         self._results = results
-        self._handed = self._done = consumed  # handed out; consumed (the next was asked)
+        # Handed out so far (input positions below it).  Consumed: all of them once the
+        # map ended (the consumer asked past the last one, or the next one failed),
+        # else all but the last, which the consumer may still hold.
+        self._start = self._handed = consumed
         self._length = length
         self._checkpoint = checkpoint
         self._checkpoint_every = checkpoint_every
@@ -229,7 +232,7 @@ class MapStream(Generic[T]):
         return self
 
     def __next__(self) -> T:
-        self._done = self._handed
+        # The hot path of map(chunksize=k): one counter per item, nothing else.
         if (
             self._checkpoint is not None
             and time.monotonic() - self._saved_at >= self._checkpoint_every
@@ -245,7 +248,8 @@ class MapStream(Generic[T]):
 
     def state_dict(self) -> dict[str, Any]:
         """Return how far the consumer got (see `Stream.state_dict`)."""
-        return make_state(ordered=True, length=self._length, consumed=self._done)
+        consumed = self._handed if self._ended else max(self._start, self._handed - 1)
+        return make_state(ordered=True, length=self._length, consumed=consumed)
 
     def _save(self) -> None:
         assert self._checkpoint is not None
@@ -259,10 +263,15 @@ class MapStream(Generic[T]):
                 self._save()
 
     def close(self) -> None:
-        """Cancel what has not started (as `Executor.map`'s iterator does); idempotent."""
+        """Cancel what has not started (as `Executor.map`'s iterator does); idempotent.
+
+        The result handed out last is not counted as consumed (nobody asked past it).
+        """
         try:
             self._results.close()
         finally:
+            if not self._ended:
+                self._handed = max(self._start, self._handed - 1)
             self._end()
 
     def __del__(self) -> None:
