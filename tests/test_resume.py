@@ -280,3 +280,15 @@ def test_map_resumes_past_what_was_consumed(backend: str, tmp_path: Path, chunks
             next(failing)
     assert sorted(second.read()) == list(range(6, 20))
     assert "input position 8" in "".join(info.value.__notes__)
+
+
+def test_a_stream_cancelled_by_the_exit_hook_still_saves_its_checkpoint(tmp_path: Path) -> None:
+    """At interpreter exit the hook cancels open streams first (`owner.cancelled`); the
+    stream's own end (close, collection) still saves its state."""
+    path = tmp_path / "job.json"
+    with sp.Pool(1) as pool:
+        stream = pool.imap(abs, range(10), checkpoint=path, checkpoint_every=100)
+        assert [next(stream), next(stream)] == [0, 1]
+        stream._owner.cancelled = True  # what _exit.finish_at_exit does
+        stream.close()
+    assert json.loads(path.read_text())["count"] == 1

@@ -389,6 +389,9 @@ class Stream(Generic[T]):
     def state_dict(self) -> dict[str, Any]:
         """Return how far the consumer got: a small JSON-safe dict.
 
+        Cheap, and safe from any thread (from another than the consumer's it may lag
+        behind by what is consumed meanwhile, never run ahead).
+
         An item counts as consumed once the consumer has asked for the next one (so an
         item just handed out is not, until the next ``next()``).  An ordered stream
         saves the first position not consumed; an unordered one the consumed positions,
@@ -406,19 +409,23 @@ class Stream(Generic[T]):
         self._saved_at = time.monotonic()
 
     def _end(self) -> None:
-        """Cancel what is queued and let go of everything (once)."""
-        self._phase = _Phase.ENDED
-        owner = self._owner
-        if owner.cancelled:
+        """Cancel what is queued and let go of everything (once: `_fn` is None after).
+
+        Not keyed on `owner.cancelled`: the exit hook (`_exit`) sets that first, and the
+        stream must still withdraw and save.
+        """
+        self._phase = _ENDED
+        if self._fn is None:
             return
-        owner.cancelled = True
+        self._fn = None
+        self._owner.cancelled = True
         try:
             if self._withdraw is not None and self._window.unpopped:
                 self._withdraw()
             if self._progress is not None:
                 self._progress.close()
         finally:
-            self._fn = self._keepalive = self._withdraw = self._progress = None
+            self._keepalive = self._withdraw = self._progress = None
             self._source = iter(())
             if self._checkpoint is not None:
                 self._save()
