@@ -22,7 +22,6 @@ from steadypool._resume import (
     save_state,
     skip_consumed,
 )
-from steadypool._window import ADAPTIVE_MAX, adapted
 
 from ._faults import Journal
 
@@ -125,18 +124,6 @@ def test_a_state_file_is_replaced_whole(tmp_path: Path) -> None:
     path.write_text("garbage")
     with pytest.raises(ValueError, match="not a stream state"):
         load_state(path)
-
-
-def test_the_adaptive_size_doubles_halves_and_stays_within_its_bounds() -> None:
-    """Fast items double the window up to ADAPTIVE_MAX and the memory bound, slow ones
-    halve it down to where it started."""
-    assert adapted(8, floor=4, per_item=1e-5, size=100) == 16
-    assert adapted(ADAPTIVE_MAX, floor=4, per_item=1e-5, size=100) == ADAPTIVE_MAX
-    assert adapted(512, floor=4, per_item=1e-5, size=1 << 20) == 64  # 64 MiB of 1 MiB items
-    assert adapted(16, floor=4, per_item=1.0, size=100) == 8
-    assert adapted(4, floor=4, per_item=1.0, size=100) == 4
-    assert adapted(8, floor=4, per_item=5e-3, size=100) == 8
-    assert adapted(8, floor=4, per_item=1e-5, size=1 << 40) == 4  # never below the floor
 
 
 # --- on every backend -------------------------------------------------------------------

@@ -196,7 +196,7 @@ class Stream(Generic[T]):
         checkpoint: str | os.PathLike[str] | None = None,
         checkpoint_every: float = 0.0,
     ) -> None:
-        self._submit = submit
+        self._submit: Callable[[Task], None] | None = submit  # None once ended
         self._fn: Callable[[Any], Any] | None = fn  # None once ended: nothing held
         self._source = source
         self._workers = workers
@@ -354,6 +354,7 @@ class Stream(Generic[T]):
         fn, owner, submit, keyed = self._fn, self._owner, self._submit, self._keyed
         adaptive, workers = self.adaptive, self._workers
         assert fn is not None  # only read while OPEN
+        assert submit is not None
         while not self._exhausted and window.has_room():
             slow_read = self._slow_read
             if slow_read and window.unpopped >= workers and self._result_soon(slow_read):
@@ -425,7 +426,7 @@ class Stream(Generic[T]):
             if self._progress is not None:
                 self._progress.close()
         finally:
-            self._keepalive = self._withdraw = self._progress = None
+            self._keepalive = self._withdraw = self._progress = self._submit = None
             self._source = iter(())
             if self._checkpoint is not None:
                 self._save()
