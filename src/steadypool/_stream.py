@@ -122,10 +122,13 @@ def _take(out: list[Any], batched: bool) -> Any:
 
 @final
 class Stream(Generic[T]):
-    """The iterator `Pool.imap` and `Pool.imap_batches` return.
+    """The iterator `Pool.imap` and `Pool.imap_batches` return (made by the pool only).
 
-    It yields results (or lists of `batch_size` of them) of `fn` over `source`, and can
-    say how far its consumer got (`state_dict`).  `capacity` (>= `batch_size`) bounds
+    Iterate it for the results (or lists of them); ``close()`` ends it early (what is
+    queued is cancelled), as does garbage collection; ``state_dict()`` says how far the
+    consumer got, for ``resume=``.  After it ends, ``next()`` raises StopIteration.
+
+    The pool's arguments: it runs `fn` over `source`; `capacity` (>= `batch_size`) bounds
     the items read and not yet handed out; a batch counts until it is handed out, and
     the window is refilled before each hand-out, so the workers stay busy while the
     consumer works.  With `adaptive`, `capacity` is where the window starts and it
