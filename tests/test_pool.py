@@ -19,7 +19,7 @@ import steadypool as sp
 from ._faults import Gate, Journal
 
 if TYPE_CHECKING:
-    from collections.abc import Generator, Iterator
+    from collections.abc import Iterator
     from pathlib import Path
 
 WAIT = 10.0  # seconds any single wait inside a test may take before it fails
@@ -458,7 +458,7 @@ def test_an_open_stream_keeps_no_reference_to_what_it_handed_out(batched: bool) 
             yield model
 
     with sp.Pool(2) as pool:
-        results: Generator[Any, None, None] = (
+        results: sp.Stream[Any] = (
             pool.imap_batches(identity, source(), 10) if batched else pool.imap(identity, source())
         )
         for _ in range(250 if batched else 2500):  # imap: past several window resizings

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from steadypool._window import Window
+from steadypool._window import ADAPTIVE_MAX, Window, adapted
 
 
 @given(
@@ -56,3 +56,15 @@ def test_window_rejects_zero_capacity() -> None:
     """A window that could hold nothing would never make progress."""
     with pytest.raises(ValueError, match="capacity must be >= 1"):
         Window(0)
+
+
+def test_the_adaptive_size_doubles_halves_and_stays_within_its_bounds() -> None:
+    """Fast items double the window up to ADAPTIVE_MAX and the memory bound, slow ones
+    halve it down to where it started."""
+    assert adapted(8, floor=4, per_item=1e-5, size=100) == 16
+    assert adapted(ADAPTIVE_MAX, floor=4, per_item=1e-5, size=100) == ADAPTIVE_MAX
+    assert adapted(512, floor=4, per_item=1e-5, size=1 << 20) == 64  # 64 MiB of 1 MiB items
+    assert adapted(16, floor=4, per_item=1.0, size=100) == 8
+    assert adapted(4, floor=4, per_item=1.0, size=100) == 4
+    assert adapted(8, floor=4, per_item=5e-3, size=100) == 8
+    assert adapted(8, floor=4, per_item=1e-5, size=1 << 40) == 4  # never below the floor

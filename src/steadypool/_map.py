@@ -12,7 +12,7 @@ import contextlib
 import time
 from concurrent.futures import CancelledError
 from queue import Empty
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
 
 from ._exceptions import (
     ArgumentNotRebuilt,
@@ -22,14 +22,16 @@ from ._exceptions import (
     WorkerCrashed,
     add_task_note,
 )
+from ._resume import make_state, save_state
 from ._stream import FATAL, SIGNAL_SLICE, StreamOwner
 from ._worker import current_worker
 
 if TYPE_CHECKING:
+    import os
     from collections.abc import Callable, Generator
     from concurrent.futures import Future
 
-__all__ = ["map_outcomes", "map_results", "run_chunk"]
+__all__ = ["MapStream", "map_outcomes", "map_results", "run_chunk"]
 
 T = TypeVar("T")
 # A chunk failed as a whole, not by one of its items' own exceptions: its items run again
@@ -67,17 +69,19 @@ def map_outcomes(
     count: int,
     end: float | None,
     *,
+    first: int = 0,
     keepalive: object = None,
     withdraw: Callable[[], None] | None = None,
 ) -> Generator[Any, None, None]:
-    """Yield the results of `count` submitted items (keys 0..count-1) in order, raising
-    an item's exception when its turn comes; what is not started when the generator is
-    closed is skipped (`owner.cancelled`).  `keepalive` is held while it runs (the Pool);
-    `withdraw` is called when it ends with items in flight."""
+    """Yield the results of `count` submitted items (keys first..first+count-1) in
+    order, raising an item's exception when its turn comes; what is not started when the
+    generator is closed is skipped (`owner.cancelled`).  `keepalive` is held while it
+    runs (the Pool); `withdraw` is called when it ends with items in flight."""
     get = owner.results.get
     buffer: dict[int, Any] = {}  # outcomes that arrived before their turn
     out: list[Any] = []  # the result being handed out (emptied by the yield)
-    position = 0
+    position = first
+    count += first  # from here on: one past the last key
     try:
         while position < count:
             outcome = buffer.pop(position, None)
@@ -180,3 +184,96 @@ def map_results(
     finally:
         for future in (*futures, *singles):
             future.cancel()
+
+
+@final
+class MapStream(Generic[T]):
+    """The iterator `Pool.map` returns: its results, in order, and how far its consumer
+    got (`state_dict`, as `Stream.state_dict` for an ordered stream).
+
+    `results` yields the results of the items from input position `consumed` on (a
+    resumed map submits only those); `checkpoint` is saved every `checkpoint_every`
+    seconds, when the consumer asks for a result, and when the map ends.  Only the
+    consumer's thread calls it.
+    """
+
+    __slots__ = (
+        "_checkpoint",
+        "_checkpoint_every",
+        "_ended",
+        "_handed",
+        "_length",
+        "_results",
+        "_saved_at",
+        "_start",
+    )
+
+    def __init__(
+        self,
+        results: Generator[T, None, None],
+        *,
+        consumed: int = 0,
+        length: int | None = None,
+        checkpoint: str | os.PathLike[str] | None = None,
+        checkpoint_every: float = 0.0,
+    ) -> None:
+        self._results = results
+        # Handed out so far (input positions below it).  Consumed: all of them once the
+        # map ended (the consumer asked past the last one, or the next one failed),
+        # else all but the last, which the consumer may still hold.
+        self._start = self._handed = consumed
+        self._length = length
+        self._checkpoint = checkpoint
+        self._checkpoint_every = checkpoint_every
+        self._saved_at = time.monotonic()
+        self._ended = False
+
+    def __iter__(self) -> MapStream[T]:
+        return self
+
+    def __next__(self) -> T:
+        # The hot path of map(chunksize=k): one counter per item, nothing else.
+        if (
+            self._checkpoint is not None
+            and time.monotonic() - self._saved_at >= self._checkpoint_every
+        ):
+            self._save()
+        try:
+            value = next(self._results)
+        except BaseException:
+            self._end()  # exhausted, failed or interrupted: the map is over
+            raise
+        self._handed += 1
+        return value
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return how far the consumer got (see `Stream.state_dict`)."""
+        consumed = self._handed if self._ended else max(self._start, self._handed - 1)
+        return make_state(ordered=True, length=self._length, consumed=consumed)
+
+    def _save(self) -> None:
+        assert self._checkpoint is not None
+        save_state(self._checkpoint, self.state_dict())
+        self._saved_at = time.monotonic()
+
+    def _end(self) -> None:
+        if not self._ended:
+            self._ended = True
+            if self._checkpoint is not None:
+                self._save()
+
+    def close(self) -> None:
+        """Cancel what has not started (as `Executor.map`'s iterator does); idempotent.
+
+        The result handed out last is not counted as consumed (nobody asked past it).
+        """
+        try:
+            self._results.close()
+        finally:
+            if not self._ended:
+                self._handed = max(self._start, self._handed - 1)
+            self._end()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_ended", True):
+            self.close()

@@ -22,14 +22,16 @@ from ._backends._base import BackendOptions
 from ._devices import check_available, parse_devices
 from ._exceptions import add_task_note
 from ._exit import DEFAULT_STALL_TIMEOUT
-from ._map import map_outcomes, map_results, run_chunk
+from ._map import MapStream, map_outcomes, map_results, run_chunk
+from ._resume import DEFAULT_CHECKPOINT_EVERY, load_state, parse_state, skip_consumed
 from ._stats import PoolStats
-from ._stream import StreamOwner, run_stream
+from ._stream import Stream, StreamOwner
 from ._watchdog import Monitor, Watchdog
 from ._worker import Worker
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+    from os import PathLike
     from types import TracebackType
     from typing import ParamSpec, Self
 
@@ -373,7 +375,10 @@ class Pool(Executor):
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int = 1,
-    ) -> Generator[T, None, None]:
+        resume: dict[str, Any] | None = None,
+        checkpoint: str | PathLike[str] | None = None,
+        checkpoint_every: float = DEFAULT_CHECKPOINT_EVERY,
+    ) -> MapStream[T]:
         """Return an iterator of ``fn(*args)`` over zipped `iterables`, in order.
 
         The `concurrent.futures.Executor.map` contract: the inputs are read and every
@@ -382,39 +387,88 @@ class Pool(Executor):
         worker).  With `chunksize` > 1, tasks go to workers in chunks of that many items,
         which makes tiny tasks much cheaper.  Closing the iterator early cancels the
         tasks not yet started.  For a lazy, bounded window use `imap`.
+        `resume`, `checkpoint` and `checkpoint_every` as for `imap` (ordered): the
+        iterator has ``state_dict()``, and a resumed map submits only the items not
+        consumed (a `Sequence` input is indexed past the others).
 
         Raises:
-            TypeError, ValueError: `fn` is not callable, `chunksize` < 1.
+            TypeError, ValueError: `fn` is not callable, `chunksize` < 1, a `resume`
+                state (or `checkpoint` file) of another mode or input length.
             TimeoutError: From `__next__`, when the next result is not ready within
                 `timeout` seconds of the call to `map`.
         """
         _check_callable("fn", fn)
         _check_int("chunksize", chunksize, 1, "items per task sent to a worker")
+        length = None
+        if iterables and all(isinstance(it, Sized) for it in iterables):
+            length = min(len(it) for it in iterables)  # type: ignore[arg-type]
+        consumed = self._resumed(True, length, resume, checkpoint, checkpoint_every)
         self._backend.prepare(fn)
         end = None if timeout is None else timeout + time.monotonic()
+        if consumed:
+            iterables = tuple(skip_consumed(it, consumed)[0] for it in iterables)
         argtuples = zip(*iterables, strict=False)
         futures: list[Future[Any]]
+        results: Generator[T, None, None]
         if chunksize == 1:
-            return self._map_items(fn, argtuples, end)
-        futures = []
-        chunks: list[tuple[int, list[tuple[Any, ...]]]] = []
-        start = 0
-        while chunk := list(islice(argtuples, chunksize)):
-            futures.append(self._submit_at(None, run_chunk, (fn, start, chunk)))
-            chunks.append((start, chunk))
-            start += len(chunk)
-        return map_results(
-            futures, end, chunks=chunks, resubmit=lambda pos, args: self._submit_at(pos, fn, args)
+            results = self._map_items(fn, argtuples, end, consumed)
+        else:
+            futures = []
+            chunks: list[tuple[int, list[tuple[Any, ...]]]] = []
+            start = consumed
+            while chunk := list(islice(argtuples, chunksize)):
+                futures.append(self._submit_at(None, run_chunk, (fn, start, chunk)))
+                chunks.append((start, chunk))
+                start += len(chunk)
+            results = map_results(
+                futures,
+                end,
+                chunks=chunks,
+                resubmit=lambda pos, args: self._submit_at(pos, fn, args),
+            )
+        return MapStream(
+            results,
+            consumed=consumed,
+            length=length,
+            checkpoint=checkpoint,
+            checkpoint_every=float(checkpoint_every),
         )
 
+    def _resumed(
+        self,
+        ordered: bool,
+        length: int | None,
+        resume: dict[str, Any] | None,
+        checkpoint: str | PathLike[str] | None,
+        checkpoint_every: object,
+    ) -> Any:
+        """Check the resume options; return the consumed positions of the state to
+        resume from (a count or a `Consumed`), or 0."""
+        if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int | float):
+            raise TypeError(f"checkpoint_every must be seconds >= 0, got {checkpoint_every!r}")
+        if not checkpoint_every >= 0:
+            raise ValueError(f"checkpoint_every must be seconds >= 0, got {checkpoint_every!r}")
+        if resume is not None and checkpoint is not None:
+            raise ValueError(
+                "give resume= or checkpoint=, not both (checkpoint= resumes from its file)"
+            )
+        state = load_state(checkpoint) if checkpoint is not None else resume
+        if state is None:
+            return 0
+        return parse_state(state, ordered=ordered, length=length)
+
     def _map_items(
-        self, fn: Callable[..., T], argtuples: Iterator[tuple[Any, ...]], end: float | None
+        self,
+        fn: Callable[..., T],
+        argtuples: Iterator[tuple[Any, ...]],
+        end: float | None,
+        first: int,
     ) -> Generator[T, None, None]:
         """`map` with one task per item: all submitted now, under one owner."""
         self._check_usable()
         owner = StreamOwner()
         submit = self._backend.submit
-        count = 0
+        count = first
         try:
             for args in argtuples:
                 submit((count, fn, args, None, owner, time.monotonic()))
@@ -422,7 +476,14 @@ class Pool(Executor):
         except BaseException:
             owner.cancelled = True  # nobody can have their results
             raise
-        return map_outcomes(owner, count, end, keepalive=self, withdraw=self._backend.withdraw)
+        return map_outcomes(
+            owner,
+            count - first,
+            end,
+            first=first,
+            keepalive=self,
+            withdraw=self._backend.withdraw,
+        )
 
     @overload
     def imap(
@@ -433,7 +494,10 @@ class Pool(Executor):
         window: int | None = ...,
         ordered: bool = ...,
         on_error: Literal["raise"] = ...,
-    ) -> Generator[T, None, None]: ...
+        resume: dict[str, Any] | None = ...,
+        checkpoint: str | PathLike[str] | None = ...,
+        checkpoint_every: float = ...,
+    ) -> Stream[T]: ...
 
     @overload
     def imap(
@@ -444,7 +508,10 @@ class Pool(Executor):
         window: int | None = ...,
         ordered: bool = ...,
         on_error: Literal["return"],
-    ) -> Generator[T | BaseException, None, None]: ...
+        resume: dict[str, Any] | None = ...,
+        checkpoint: str | PathLike[str] | None = ...,
+        checkpoint_every: float = ...,
+    ) -> Stream[T | BaseException]: ...
 
     def imap(
         self,
@@ -454,7 +521,10 @@ class Pool(Executor):
         window: int | None = None,
         ordered: bool = True,
         on_error: Literal["raise", "return"] = "raise",
-    ) -> Generator[T, None, None] | Generator[T | BaseException, None, None]:
+        resume: dict[str, Any] | None = None,
+        checkpoint: str | PathLike[str] | None = None,
+        checkpoint_every: float = DEFAULT_CHECKPOINT_EVERY,
+    ) -> Stream[T] | Stream[T | BaseException]:
         """Stream ``fn(item)`` over `iterable` lazily, keeping at most `window` in flight.
 
         Args:
@@ -473,19 +543,46 @@ class Pool(Executor):
                 note naming its input position and worker) and everything queued behind
                 it is cancelled.  ``"return"``: the exception object is yielded in
                 place of the result and the stream goes on.
+            resume: A `Stream.state_dict` of an earlier stream over the same input in
+                the same mode: its consumed items are skipped without being run (a
+                `Sequence` is indexed past them, an iterator read and discarded) and
+                the rest is yielded as if the stream had never stopped.
+            checkpoint: A file to keep the stream's state in: if it exists the stream
+                resumes from it, and the state is saved to it atomically (temp file,
+                fsync, rename) every `checkpoint_every` seconds, when the consumer asks
+                for an item, and when the stream ends.  Not with `resume`.
+            checkpoint_every: Seconds between saves of `checkpoint` (0: at every
+                item).
 
         Returns:
-            An iterator of results.  Nothing runs until it is first advanced.
+            A `Stream`: an iterator of results that also has ``state_dict()`` and
+            ``close()``.  Nothing runs until it is first advanced.
 
         Raises:
-            TypeError, ValueError: Bad arguments, at the call, before any work starts.
+            TypeError, ValueError: Bad arguments, at the call, before any work starts;
+                a `resume` state (or `checkpoint` file) of another mode or input length.
             RuntimeError: The pool has been shut down.
             BrokenPool: A worker's setup failed (whatever `on_error` says).
 
         **Abandoning:** ``break``, ``close()`` or garbage collection of the iterator
         cancels every queued task; tasks already running finish and are discarded.
+        **Resuming:** an item counts as consumed when the consumer asks for the next
+        one; consumed items are never run again, items in flight when a job stopped
+        (at most `window`, plus with `checkpoint` those consumed since the last save)
+        run again.
         """
-        return self._stream(fn, iterable, window, ordered, on_error, 1, batched=False)
+        return self._stream(
+            fn,
+            iterable,
+            window,
+            ordered,
+            on_error,
+            1,
+            batched=False,
+            resume=resume,
+            checkpoint=checkpoint,
+            checkpoint_every=checkpoint_every,
+        )
 
     @overload
     def imap_batches(
@@ -496,7 +593,10 @@ class Pool(Executor):
         *,
         prefetch: int = ...,
         on_error: Literal["raise"] = ...,
-    ) -> Generator[list[T], None, None]: ...
+        resume: dict[str, Any] | None = ...,
+        checkpoint: str | PathLike[str] | None = ...,
+        checkpoint_every: float = ...,
+    ) -> Stream[list[T]]: ...
 
     @overload
     def imap_batches(
@@ -507,7 +607,10 @@ class Pool(Executor):
         *,
         prefetch: int = ...,
         on_error: Literal["return"],
-    ) -> Generator[list[T | BaseException], None, None]: ...
+        resume: dict[str, Any] | None = ...,
+        checkpoint: str | PathLike[str] | None = ...,
+        checkpoint_every: float = ...,
+    ) -> Stream[list[T | BaseException]]: ...
 
     def imap_batches(
         self,
@@ -517,12 +620,16 @@ class Pool(Executor):
         *,
         prefetch: int = 1,
         on_error: Literal["raise", "return"] = "raise",
-    ) -> Generator[list[T], None, None] | Generator[list[T | BaseException], None, None]:
+        resume: dict[str, Any] | None = None,
+        checkpoint: str | PathLike[str] | None = None,
+        checkpoint_every: float = DEFAULT_CHECKPOINT_EVERY,
+    ) -> Stream[list[T]] | Stream[list[T | BaseException]]:
         """Stream ``fn(item)`` over `iterable`, yielding lists of `batch_size` results.
 
         Keeps ``(prefetch + 1) * batch_size`` items in flight while the consumer works
         on a batch, as the seed's ``BatchThreader`` does; the last batch may be shorter.
-        Otherwise as `imap` (ordered, lazy, same `on_error` and abandoning rules).
+        Otherwise as `imap` (ordered, lazy, same `on_error`, abandoning and resuming
+        rules: the items of a batch count as consumed when the next batch is asked for).
 
         Raises:
             TypeError, ValueError: `batch_size` < 1, `prefetch` < 0, or as `imap`.
@@ -530,7 +637,18 @@ class Pool(Executor):
         _check_int("batch_size", batch_size, 1, "results per yielded list")
         _check_int("prefetch", prefetch, 0, "batches kept in flight beyond the current one")
         window = (prefetch + 1) * batch_size
-        return self._stream(fn, iterable, window, True, on_error, batch_size, batched=True)
+        return self._stream(
+            fn,
+            iterable,
+            window,
+            True,
+            on_error,
+            batch_size,
+            batched=True,
+            resume=resume,
+            checkpoint=checkpoint,
+            checkpoint_every=checkpoint_every,
+        )
 
     def _stream(
         self,
@@ -542,13 +660,21 @@ class Pool(Executor):
         batch_size: int,
         *,
         batched: bool,
-    ) -> Generator[Any, None, None]:
+        resume: dict[str, Any] | None,
+        checkpoint: str | PathLike[str] | None,
+        checkpoint_every: float,
+    ) -> Stream[Any]:
         _check_callable("fn", fn)
         capacity = 2 * self.workers if window is None else window
         _check_int("window", capacity, 1, "items in flight or buffered at once")
         if on_error not in _ON_ERROR:
             raise ValueError(f"on_error must be 'raise' or 'return', got {on_error!r}")
         source = iter(iterable)  # TypeError now, not at the first next()
+        length = len(iterable) if isinstance(iterable, Sized) else None
+        consumed = self._resumed(bool(ordered), length, resume, checkpoint, checkpoint_every)
+        keyed = False
+        if consumed:
+            source, keyed = skip_consumed(iterable, consumed)
         self._check_usable()
         self._backend.prepare(fn)
         if self._finalizer.alive is False:
@@ -559,10 +685,12 @@ class Pool(Executor):
         if self._progress:
             from tqdm.auto import tqdm
 
-            total = len(iterable) if isinstance(iterable, Sized) else None
-            bar = tqdm(total=total, unit="item", desc="steadypool", dynamic_ncols=True)
+            done = consumed if isinstance(consumed, int) else len(consumed)
+            bar = tqdm(
+                total=length, initial=done, unit="item", desc="steadypool", dynamic_ncols=True
+            )
             self._bars.add(bar)
-        return run_stream(
+        return Stream(
             self._backend.submit,
             fn,
             source,
@@ -576,6 +704,11 @@ class Pool(Executor):
             progress=bar,
             keepalive=self,
             withdraw=self._backend.withdraw,
+            length=length,
+            consumed=consumed,
+            keyed=keyed,
+            checkpoint=checkpoint,
+            checkpoint_every=float(checkpoint_every),
         )
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:

@@ -45,7 +45,7 @@ _MIN_TICK, _MAX_TICK = 0.01, 0.5  # seconds between monitor checks, clamped
 # Future.result/wait/as_completed, and steadypool's own streams, map and compat.
 _RESULT_WAITS = (
     ("concurrent/futures/_base.py", ("result", "wait", "as_completed", "exception")),
-    ("steadypool/_stream.py", ("run_stream",)),
+    ("steadypool/_stream.py", ("__next__",)),
     ("steadypool/_map.py", ("map_results", "map_outcomes")),
     ("steadypool/compat.py", ("pop_results",)),
 )

@@ -58,6 +58,7 @@ import cloudpickle
 from .. import _remote
 from .._devices import child_view
 from .._exceptions import BrokenPool, WorkerCrashed
+from .._oom import crash_cause
 from .._records import SETUP, Busy, setup_busy
 from .._stats import count_failure
 from .._worker import Worker, describe
@@ -430,6 +431,8 @@ class ProcessBackend(QueuedBackend):
 
         where = f"{describe(child.worker.index, child.worker.device)} (pid {child.pid})"
         self._settle_outcomes(child, child, outcomes(), where)
+        if child.memory is not None:
+            child.memory.sample(child.items)  # for the message if it dies (issue 20)
 
     def _reap(self, child: WorkerProcess) -> None:
         """A child ended: settle or requeue what it held, and start a replacement."""
@@ -492,7 +495,7 @@ class ProcessBackend(QueuedBackend):
         )
         return WorkerCrashed(
             f"{where} (pid {child.pid}) died with {_remote.describe_exit(exitcode)} "
-            f"{doing}; likely cause: {_remote.likely_cause(exitcode)}. "
+            f"{doing}; likely cause: {crash_cause(child.memory, exitcode)}. "
             + (
                 f"Retrying it (attempt {run.attempts} of {self._ledger.retries + 1}); "
                 if retried

@@ -21,6 +21,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from .. import _remote
+from .._oom import MemoryProbe
 from . import _wire as wire
 from ._child import FN_CACHE, Slot, child_main
 from ._life import Life
@@ -46,6 +47,7 @@ class WorkerProcess:
         "life",
         "lifeline",
         "main_ident",
+        "memory",
         "pid",
         "process",
         "send_lock",
@@ -71,6 +73,7 @@ class WorkerProcess:
         self.failed = 0
         self.busy = 0.0
         self.waited = 0.0
+        self.memory: MemoryProbe | None = None  # its resident memory, its cgroup's OOM kills
 
     def start(
         self,
@@ -108,6 +111,7 @@ class WorkerProcess:
         child_sock.close()
         child_life.close()
         self.sock, self.lifeline, self.pid = parent_sock, parent_life, self.process.pid
+        self.memory = MemoryProbe(self.pid)
 
     def send(self, frames: list[bytes | memoryview]) -> bool:
         """Send one message; False if the child is gone (its sentinel follows)."""
