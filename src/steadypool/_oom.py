@@ -197,8 +197,8 @@ def _size(count: int) -> str:
 
 
 _NEXT_STEP = (
-    "next step: run fewer workers, a smaller window or batch size, or set "
-    "max_worker_memory= so that a worker is replaced before it grows this large"
+    "next step: run fewer workers, or a smaller window or batch size, so that the "
+    "workers together stay within the memory they may use"
 )
 
 
