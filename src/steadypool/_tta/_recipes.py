@@ -10,7 +10,7 @@ Each recipe names the commit it reproduces; the README lists them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 
 __all__ = [
@@ -166,33 +166,22 @@ IRN = Recipe(
     layout=Layout.IRN,
 )
 
-SEAM = Recipe(
+# SEAM is psa's CAM step with its own min-max normalisation.
+SEAM = replace(
+    PSA,
     name="seam",
     source="YudeWang/SEAM 3212261, infer_SEAM.py",
-    resize=Resize.PIL_ROUND,
-    input_scale=1,
-    flip_merge=FlipMerge.SUM_AFTER_UPSAMPLE,
-    relu_variants=False,
-    relu_merged=False,
-    targets=Targets.FULL,
-    weight_by_label=True,
-    keep_threshold=1e-5,
     normalisation=Normalisation.SEAM,
-    layout=Layout.PSA,
 )
 
-PUZZLECAM = Recipe(
+# PuzzleCAM is irn's computation, every scale through PIL with round, each variant relu'd,
+# saved in its own layout.
+PUZZLECAM = replace(
+    IRN,
     name="puzzlecam",
     source="shjo-april/PuzzleCAM 659b4c1, inference_classification.py",
     resize=Resize.PIL_ROUND,
-    input_scale=1,
-    flip_merge=FlipMerge.SUM_BEFORE_UPSAMPLE,
     relu_variants=True,
-    relu_merged=False,
-    targets=Targets.IRN,
-    weight_by_label=False,
-    keep_threshold=None,
-    normalisation=Normalisation.MAX,
     layout=Layout.PUZZLECAM,
 )
 
