@@ -19,6 +19,15 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 from . import _exit
 from ._backends import get_backend
 from ._backends._base import BackendOptions
+from ._checks import (
+    check_callable,
+    check_int,
+    check_options,
+    check_seconds,
+    default_workers,
+    forks,
+    refuse_at_exit,
+)
 from ._devices import check_available, parse_devices
 from ._exceptions import add_task_note
 from ._exit import DEFAULT_STALL_TIMEOUT
@@ -47,77 +56,6 @@ A = TypeVar("A")
 
 _ON_ERROR = ("raise", "return")
 _ON_STALL = ("report", "raise", "restart")
-
-
-def _default_workers() -> int:
-    return min(32, (os.cpu_count() or 1) + 4)
-
-
-def _refuse_at_exit() -> None:
-    """No new work once the interpreter is exiting (as `concurrent.futures` says)."""
-    if _exit.exiting:
-        raise RuntimeError("cannot schedule new futures after interpreter shutdown")
-
-
-# Forks of this process so far, as counted in each forked child (`os.register_at_fork`):
-# a pool made before the last fork has no threads and no workers here (a fork copies
-# only the thread that forked), so it must refuse work at once rather than take it and
-# never run it (issue 17, hole 5).  Written only in a child right after a fork, when it
-# has one thread.
-_forks = 0
-
-
-def _count_fork() -> None:
-    global _forks
-    _forks += 1
-
-
-os.register_at_fork(after_in_child=_count_fork)
-
-
-def _check_int(name: str, value: object, minimum: int, meaning: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int >= {minimum} ({meaning}), got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum} ({meaning}), got {value}")
-    return value
-
-
-def _check_callable(name: str, fn: object) -> None:
-    if not callable(fn):
-        raise TypeError(f"{name} must be callable, got {fn!r} ({type(fn).__name__})")
-
-
-def _check_seconds(name: str, value: object) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number of seconds > 0 or None, got {value!r}")
-    if not value > 0:
-        raise ValueError(f"{name} must be a number of seconds > 0 or None, got {value!r}")
-    return float(value)
-
-
-_OPTION_HINTS = {
-    "retries": "needs a backend that can kill a stuck or crashed worker and run the item "
-    "again on a fresh one: use backend='processes' or 'ray'",
-    "start_method": "applies to backend='processes' only",
-    "address": "applies to backend='ray' only",
-}
-
-
-def _check_options(
-    backend: str,
-    accepted: frozenset[str],
-    retries: int,
-    start_method: str | None,
-    address: str | None,
-) -> None:
-    """Refuse options the chosen backend does not take, before it starts."""
-    given = {"retries": retries, "start_method": start_method, "address": address}
-    for option, value in given.items():
-        if value not in (None, 0) and option not in accepted:
-            raise ValueError(f"{option}={value!r} {_OPTION_HINTS[option]} (backend={backend!r})")
 
 
 def _show_stall(bars: weakref.WeakSet[Any], report: StallReport | None) -> None:
@@ -238,12 +176,12 @@ class Pool(Executor):
         name: str | None = None,
     ) -> None:
         backend_class = get_backend(backend)
-        _check_options(backend, backend_class.options, retries, start_method, address)
-        _check_int("retries", retries, 0, "extra runs of an item whose worker died")
+        check_options(backend, backend_class.options, retries, start_method, address)
+        check_int("retries", retries, 0, "extra runs of an item whose worker died")
         if start_method is not None and start_method not in ("spawn", "forkserver"):
             raise ValueError(f"start_method must be 'spawn' or 'forkserver', got {start_method!r}")
-        task_timeout = _check_seconds("task_timeout", task_timeout)
-        stall_timeout = _check_seconds("stall_timeout", stall_timeout)
+        task_timeout = check_seconds("task_timeout", task_timeout)
+        stall_timeout = check_seconds("stall_timeout", stall_timeout)
         if not callable(on_stall) and on_stall not in _ON_STALL:
             raise ValueError(
                 f"on_stall must be 'report', 'raise', 'restart' or a callable(report), "
@@ -259,13 +197,13 @@ class Pool(Executor):
                     "or repeat a device to put more workers on it"
                 )
         else:
-            count = _default_workers() if workers is None else workers
-            count = _check_int("workers", count, 1, "how many workers to start")
+            count = default_workers() if workers is None else workers
+            count = check_int("workers", count, 1, "how many workers to start")
             parsed = (None,) * count
         if setup is not None:
-            _check_callable("setup", setup)
+            check_callable("setup", setup)
         check_available(parsed)
-        self._born = (_forks, os.getpid())
+        self._born = (forks(), os.getpid())
         self._progress = bool(progress)
         self._workers = tuple(Worker(i, device) for i, device in enumerate(parsed))
         self._backend: Backend = backend_class(
@@ -295,8 +233,8 @@ class Pool(Executor):
     def _check_usable(self) -> None:
         """Refuse new work at interpreter exit, and in a process forked from the one
         that made the pool."""
-        _refuse_at_exit()
-        if self._born[0] != _forks:
+        refuse_at_exit()
+        if self._born[0] != forks():
             raise RuntimeError(
                 f"this steadypool Pool was created in process {self._born[1]} and cannot be "
                 f"used in process {os.getpid()}, forked from it: its workers and threads "
@@ -353,7 +291,7 @@ class Pool(Executor):
         **Errors:** the future's exception is the task's own, with a note naming the
         worker.
         """
-        _check_callable("fn", fn)
+        check_callable("fn", fn)
         self._backend.prepare(fn)
         return self._submit_at(None, fn, args, kwargs or None)
 
@@ -397,8 +335,8 @@ class Pool(Executor):
             TimeoutError: From `__next__`, when the next result is not ready within
                 `timeout` seconds of the call to `map`.
         """
-        _check_callable("fn", fn)
-        _check_int("chunksize", chunksize, 1, "items per task sent to a worker")
+        check_callable("fn", fn)
+        check_int("chunksize", chunksize, 1, "items per task sent to a worker")
         length = None
         if iterables and all(isinstance(it, Sized) for it in iterables):
             length = min(len(it) for it in iterables)  # type: ignore[arg-type]
@@ -634,8 +572,8 @@ class Pool(Executor):
         Raises:
             TypeError, ValueError: `batch_size` < 1, `prefetch` < 0, or as `imap`.
         """
-        _check_int("batch_size", batch_size, 1, "results per yielded list")
-        _check_int("prefetch", prefetch, 0, "batches kept in flight beyond the current one")
+        check_int("batch_size", batch_size, 1, "results per yielded list")
+        check_int("prefetch", prefetch, 0, "batches kept in flight beyond the current one")
         window = (prefetch + 1) * batch_size
         return self._stream(
             fn,
@@ -664,9 +602,9 @@ class Pool(Executor):
         checkpoint: str | PathLike[str] | None,
         checkpoint_every: float,
     ) -> Stream[Any]:
-        _check_callable("fn", fn)
+        check_callable("fn", fn)
         capacity = 2 * self.workers if window is None else window
-        _check_int("window", capacity, 1, "items in flight or buffered at once")
+        check_int("window", capacity, 1, "items in flight or buffered at once")
         if on_error not in _ON_ERROR:
             raise ValueError(f"on_error must be 'raise' or 'return', got {on_error!r}")
         source = iter(iterable)  # TypeError now, not at the first next()
