@@ -73,7 +73,7 @@ def test_settle_delivers_exactly_once_whoever_comes_first() -> None:
     ledger.take("a", 1)
     assert ledger.settle(run, True, 10, WORKER)
     assert not ledger.settle(run, False, RuntimeError("late"), WORKER)
-    assert not ledger.claim(run)
+    assert ledger.close_held("a", [run.task_id]) == [None]  # a late result: nobody's
     assert [o[1:3] for o in owner.outcomes] == [(True, 10)]
     assert (ledger.done, ledger.failed) == (1, 0)
     assert run.fn is not abs
@@ -140,7 +140,7 @@ def test_unwanted_runs_are_skipped_not_delivered() -> None:
     owner.wanting = False
     assert [r.key for r in ledger.unwanted("a")] == [0, 1, 2]
     assert ledger.unwanted("a") == []  # told once
-    assert ledger.skip(runs[0])
+    assert ledger.close_held("a", [runs[0].task_id]) == [runs[0]]  # its worker skipped it
     ledger.release("a")
     assert ledger.take("b", 3) == []
     assert owner.outcomes == []
@@ -192,7 +192,6 @@ def test_life_moves_only_forward_and_agrees_on_who_ended_it() -> None:
     does nothing, so a kill and a death racing agree on which came first."""
     life = Life()
     assert life.state is WorkerState.STARTING
-    assert life.alive
     assert life.setup_began()
     assert life.in_setup
     assert not life.setup_began()
@@ -204,6 +203,5 @@ def test_life_moves_only_forward_and_agrees_on_who_ended_it() -> None:
     assert not life.doom()
     assert life.end() is WorkerState.DOOMED
     assert life.end() is None
-    assert not life.alive
     fresh = Life()
     assert fresh.end() is WorkerState.STARTING  # died while starting: a crash, not a kill

@@ -35,6 +35,7 @@ __all__ = [
     "recv_frames",
     "send_frames",
     "set_cause",
+    "short_text",
 ]
 
 _COUNT = struct.Struct("<I")
@@ -273,6 +274,15 @@ def main_thread_stack(dump: str, ident: int) -> str:
     return dump
 
 
+def short_text(obj: object) -> str:
+    """``repr(obj)`` cut to 80 characters (never raises)."""
+    try:
+        text = repr(obj)
+    except Exception as why:
+        text = f"<repr failed: {type(why).__name__}>"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def argument_error(
     args: tuple[Any, ...], kwargs: dict[str, Any] | None, why: BaseException, where: str
 ) -> UnpicklableArgument:
@@ -286,11 +296,7 @@ def argument_error(
         except KeyboardInterrupt:
             raise
         except BaseException as inner:
-            try:
-                text = repr(value)
-            except Exception:
-                text = "<unprintable>"
-            text = text if len(text) <= 80 else text[:77] + "..."
+            text = short_text(value)
             error = UnpicklableArgument(
                 f"{label}, {text} ({type(value).__qualname__}), cannot be sent to {where}: "
                 f"{type(inner).__name__}: {inner}"

@@ -13,15 +13,16 @@ Life of one item (a `Run`)::
 
 * `take` hands a worker the next runs, calling ``owner.begin`` once per run (a run that
   comes back from a dead worker has begun already: its future stays RUNNING).
-* `settle` is the one gate to an outcome: it moves a run to CLOSED and delivers; a run
-  already CLOSED is not delivered again (``False``).  So whoever learns of an outcome
-  first (a result frame, a drain, the watchdog's `fail`, a crash, a failed send) wins,
-  and the others do nothing: every item gets exactly one outcome, by construction.
+* `settle` (one run) and `close_held` (a batch) are the one gate to an outcome: they
+  move a run to CLOSED, and a run already CLOSED is not delivered again.  So whoever
+  learns of an outcome first (a result frame, a drain, the watchdog's `fail`, a crash,
+  a failed send) wins, and the others do nothing: every item gets exactly one outcome,
+  by construction.
 * `release` is what a worker's end means for the runs it held: the culprit (the item it
   was running, or whose result died on the way back) fails or, with retries left, goes
   again; the others go back to the head of the queue in order.
 * `cancel` (``shutdown(cancel_futures=True)``) drops queued runs that have not begun;
-  a REQUEUED run's owner was told it runs, so it stays and runs (gh-3 of issue 17).
+  a REQUEUED run's owner was told it runs, so it stays and runs (issue 17, hole 3).
 * `break_pool` fails every queued run with the pool's `BrokenPool`.
 
 Counts: `done` and `failed` count every outcome delivered, with or without a worker
@@ -296,11 +297,6 @@ class Ledger:
 
     # --- outcomes ----------------------------------------------------------------------
 
-    def claim(self, run: Run) -> bool:
-        """Close `run` if nobody has: True if the caller now owns its outcome."""
-        with self._lock:
-            return self._claim(run)
-
     def _claim(self, run: Run) -> bool:
         if run.state is RunState.CLOSED:
             return False
@@ -344,17 +340,13 @@ class Ledger:
                     run.state, run.holder = RunState.CLOSED, None
         return runs
 
-    def deliver(
-        self, run: Run, ok: bool, value: Any, worker: Worker | None, *, counted: bool = False
-    ) -> None:
-        """Deliver the outcome of a run the caller closed (`claim`, `close_held`); with
-        `counted`, the caller counts it (`count`, once per batch)."""
-        if not counted:
-            self.count(1, 0 if ok else 1)
+    def deliver(self, run: Run, ok: bool, value: Any, worker: Worker | None) -> None:
+        """Deliver the outcome of a run the caller closed with `close_held` (and counts
+        with `count`, once per batch)."""
         self._deliver(run, ok, value, worker)
 
     def count(self, done: int, failed: int) -> None:
-        """Count outcomes delivered with ``deliver(counted=True)``."""
+        """Count outcomes delivered with `deliver`."""
         with self._lock:
             self.done += done
             self.failed += failed
@@ -364,14 +356,6 @@ class Ledger:
         key, owner = run.key, run.owner
         run.forget()
         owner.put((key, ok, value, worker))
-
-    def skip(self, run: Run) -> bool:
-        """Close a run its worker skipped (withdrawn: nobody waits for it); no outcome."""
-        with self._lock:
-            if not self._claim(run):
-                return False
-        run.forget()
-        return True
 
     def fail_held(self, holder: Hashable, error: Callable[[Run], BaseException]) -> None:
         """Fail every run `holder` still holds (the pool gave up on it at stop)."""

@@ -50,29 +50,29 @@ class Life:
         self.state = WorkerState.STARTING
         self.since = time.monotonic()
 
-    def _to(self, state: WorkerState, now: float | None) -> None:
+    def _to(self, state: WorkerState) -> None:
         self.state = state
-        self.since = time.monotonic() if now is None else now
+        self.since = time.monotonic()
 
-    def setup_began(self, now: float | None = None) -> bool:
+    def setup_began(self) -> bool:
         """STARTING -> SETUP."""
         if self.state is not WorkerState.STARTING:
             return False
-        self._to(WorkerState.SETUP, now)
+        self._to(WorkerState.SETUP)
         return True
 
     def ready(self) -> bool:
         """STARTING or SETUP -> READY."""
         if self.state not in (WorkerState.STARTING, WorkerState.SETUP):
             return False
-        self._to(WorkerState.READY, None)
+        self._to(WorkerState.READY)
         return True
 
     def doom(self) -> bool:
         """Any living state -> DOOMED (the caller kills it)."""
         if self.state not in _ALIVE:
             return False
-        self._to(WorkerState.DOOMED, None)
+        self._to(WorkerState.DOOMED)
         return True
 
     def end(self) -> WorkerState | None:
@@ -80,12 +80,8 @@ class Life:
         if self.state is WorkerState.GONE:
             return None
         last = self.state
-        self._to(WorkerState.GONE, None)
+        self._to(WorkerState.GONE)
         return last
-
-    @property
-    def alive(self) -> bool:
-        return self.state in _ALIVE
 
     @property
     def in_setup(self) -> bool:

@@ -151,10 +151,9 @@ class ProcessBackend(QueuedBackend):
         return entry
 
     def submit(self, task: Task) -> None:
-        self._ledger.check_open()
-        fn_id, fn_bytes = self._fn_entry(task[1])
-        run = self._run_for(task)
+        run = self._run_for(task)  # PoolClosed / BrokenPool first, as on every backend
         if run is not None:
+            fn_id, fn_bytes = self._fn_entry(run.fn)
             run.wire = (run.wire, fn_id, fn_bytes)
             if self._ledger.add(run):
                 self._wake()

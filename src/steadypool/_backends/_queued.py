@@ -136,7 +136,7 @@ class QueuedBackend(Backend):
         settled.reverse()
         while settled:  # popped one by one: nothing delivered stays referenced here
             run, ok, value = settled.pop()
-            ledger.deliver(run, ok, value, record.worker, counted=True)
+            ledger.deliver(run, ok, value, record.worker)
             del run, value
 
     def _cancel(self, busy: int) -> None:

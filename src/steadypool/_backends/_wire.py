@@ -130,9 +130,4 @@ def load_outcome(tag: str, frames: Any, where: str) -> tuple[bool, Any]:
 
 def short_repr(obj: object) -> str:
     """A repr of at most 80 characters, with the object's type."""
-    try:
-        text = repr(obj)
-    except Exception as why:
-        text = f"<repr failed: {type(why).__name__}>"
-    text = text if len(text) <= 80 else text[:77] + "..."
-    return f"{text} ({type(obj).__module__}.{type(obj).__qualname__})"
+    return f"{_remote.short_text(obj)} ({type(obj).__module__}.{type(obj).__qualname__})"
