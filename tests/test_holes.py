@@ -474,6 +474,7 @@ def test_hole_10_ray_shutdown_under_an_open_pool_answers_its_futures() -> None:
     outcome = done.stdout.split()
     assert outcome, done.stderr[-2000:]
     assert outcome[0] != "hang", "the future was never answered"
+    assert outcome[:2] == ["error", "BrokenPool"], outcome
     assert outcome[-1] == "not-restarted", "a new Ray instance was started"
 
 

@@ -111,8 +111,6 @@ class RayBackend(RayActors):
 
     def _dispatch(self, slot: Slot) -> None:
         """Give `slot` its next batch of pending items, if it is idle."""
-        # No look at whether Ray is still there (hole 10) on this path, per item: the
-        # poller looks every ALIVE_CHECK, and a call Ray refuses is looked at (_not_sent).
         with self._lock:
             if not slot.life.takes_items or slot.batch or not self._current(slot):
                 return
@@ -130,6 +128,8 @@ class RayBackend(RayActors):
             slot.waited += now - run.queued_at
             items.append((run.task_id, run.wire))
         try:
+            if not self._ray_up():
+                raise RuntimeError("Ray was shut down")  # _not_sent breaks the pool
             ref = slot.actor.run_batch.remote(self._fn_ref(batch[0].fn), items)
         except KeyboardInterrupt:
             raise
@@ -175,7 +175,9 @@ class RayBackend(RayActors):
         try:
             outcomes = future.result()
         except Exception as exc:
-            self._crashed(slot, exc)
+            # A call failed by ray.shutdown() is no crash of its actor: the pool breaks.
+            if not self._ray_gone():
+                self._crashed(slot, exc)
             return
         self._deliver(slot, outcomes)
         del outcomes
@@ -223,6 +225,8 @@ class RayBackend(RayActors):
         with self._lock:
             slot.draining += 1
         try:
+            if not self._ray_up():
+                raise RuntimeError("Ray was shut down")
             ref = slot.actor.drain.options(concurrency_group="control").remote()
         except Exception:
             with self._lock:
@@ -362,8 +366,7 @@ class RayBackend(RayActors):
             self._idle.notify_all()
         for slot in slots:
             self._ledger.fail_held(slot, lambda _run: stopped)
-            with contextlib.suppress(Exception):
-                self._ray.kill(slot.actor, no_restart=True)
+            self._kill(slot.actor)
         self._break(BrokenPool(f"the pool {self.name!r} was stopped"))
 
     def _stop(self) -> None:
@@ -388,10 +391,8 @@ class RayBackend(RayActors):
         self._poke.set()
         if threading.current_thread() is not self._poller:
             self._poller.join(_JOIN_SLICE * 4)
-        if self._ray.is_initialized():
-            for slot in slots:
-                with contextlib.suppress(Exception):
-                    self._ray.kill(slot.actor, no_restart=True)
+        for slot in slots:
+            self._kill(slot.actor)
         disconnect()
 
     def busy(self) -> list[Busy]:
@@ -485,8 +486,7 @@ class RayBackend(RayActors):
             # results die with the actor, and run again.
             culprit = self._ledger.release(slot, run, retry=retry)
             self._start(slot.worker)  # the replacement takes the index at once
-        with contextlib.suppress(Exception):
-            self._ray.kill(slot.actor, no_restart=True)
+        self._kill(slot.actor)
         if culprit is not None and self._ledger.settle(culprit, False, error, slot.worker):
             count_failure(slot, started, time.monotonic())
         return True
@@ -502,8 +502,9 @@ class RayBackend(RayActors):
             if unwanted and not self._ray_gone():
                 call = slot.actor.withdraw.options(concurrency_group="control")
                 asked.append(call.remote([r.task_id for r in unwanted]))
-        with contextlib.suppress(Exception):  # an actor that died runs nothing more
-            self._ray.get(asked, timeout=5.0)
+        if asked and self._ray_up():
+            with contextlib.suppress(Exception):  # an actor that died runs nothing more
+                self._ray.get(asked, timeout=5.0)
 
     def stop_unwanted(self) -> None:
         """Kill the actors running an item nobody waits for (the consumer left the
@@ -524,8 +525,7 @@ class RayBackend(RayActors):
                 else:
                     del self._slots[slot.worker.index]
                 self._idle.notify_all()
-            with contextlib.suppress(Exception):
-                self._ray.kill(slot.actor, no_restart=True)
+            self._kill(slot.actor)
         self._dispatch_idle()
 
 

@@ -91,12 +91,15 @@ class RayActors(QueuedBackend):
     _idle: threading.Condition
     _slots: dict[int, Slot]
     _start_deaths: dict[int, int]  # index -> actors that died starting, in a row
+    _poke: threading.Event
 
     def _dispatch(self, slot: Slot) -> None:
         raise NotImplementedError  # RayBackend gives a ready actor its first items
 
     def _start(self, worker: Worker) -> None:
         """Create the actor for `worker` and run its setup (caller holds `_lock`)."""
+        if not self._ray_up():
+            return  # the poller breaks the pool; the dead slot keeps the index till then
         # CPU actors reserve no CPU (a pool may have more workers than the cluster has
         # CPUs, e.g. for I/O) and are spread over the nodes; a GPU actor asks for one GPU,
         # which Ray picks and shows it as cuda:0.
@@ -178,6 +181,7 @@ class RayActors(QueuedBackend):
             deaths = self._start_deaths[index] = self._start_deaths.get(index, 0) + 1
             closed = self._ledger.closed
             again = deaths < _START_DEATHS and self._ledger.broken is None and not closed
+            again = again and self._ray_up()
             if again:
                 self._start(slot.worker)
         if again:
@@ -189,8 +193,8 @@ class RayActors(QueuedBackend):
                 first_line(cause),
             )
             return
-        if closed:
-            return
+        if closed or not self._ray_up():
+            return  # shut down, or Ray was (the poller breaks the pool)
         broken = BrokenPool(
             f"the Ray actor of {describe(index, slot.worker.device)} in pool {self.name!r} "
             f"died {deaths} times in a row while starting, last with {first_line(cause)}; "
@@ -200,6 +204,27 @@ class RayActors(QueuedBackend):
         )
         broken.__cause__ = cause
         self._break(broken)
+
+    def _ray_up(self) -> bool:
+        """Whether Ray is still up; looked at right before every call this backend makes.
+
+        A Ray call made after ``ray.shutdown()`` starts a new Ray instance (Ray's
+        auto-init), here from a callback thread holding `_lock` while the shutdown waits
+        for that thread: a deadlock (hole 10).  ``ray.shutdown()`` marks the driver
+        disconnected before it fails the calls in flight, so a callback that the shutdown
+        caused always sees Ray down here.  The one window left is a shutdown from another
+        thread between this look and the call.  When Ray is down, the poller is woken:
+        it alone breaks the pool (`_ray_gone`), outside any of our locks."""
+        if self._ray.is_initialized():
+            return True
+        self._poke.set()
+        return False
+
+    def _kill(self, actor: Any) -> None:
+        """Kill `actor`, if Ray is still up (an actor that is gone needs no kill)."""
+        if self._ray_up():
+            with contextlib.suppress(Exception):
+                self._ray.kill(actor, no_restart=True)
 
     def _ray_gone(self) -> bool:
         """Whether Ray was shut down under this pool; if so, break the pool (once) and
@@ -244,8 +269,7 @@ class RayActors(QueuedBackend):
             )
             if broken is None:
                 self._start(slot.worker)
-        with contextlib.suppress(Exception):
-            self._ray.kill(slot.actor, no_restart=True)
+        self._kill(slot.actor)
         if broken is not None:
             self._break(broken)
         return True
