@@ -88,7 +88,7 @@ def test_a_rise_of_the_count_names_the_oom_killer_with_memory_and_next_step(
     assert f"was {1000 * os.sysconf('SC_PAGE_SIZE') / 2**20:.1f} MiB" in cause
     assert "after 41 items" in cause
     assert "fewer workers" in cause
-    assert "fewer workers" in cause
+    assert "max_worker_memory" in cause
 
 
 def test_an_unchanged_count_says_not_the_oom_killer(tmp_path: Path) -> None:

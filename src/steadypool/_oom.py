@@ -35,7 +35,16 @@ from ._remote import likely_cause
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["KILLS", "SAMPLE_EVERY", "CounterFile", "KillCounter", "MemoryProbe", "crash_cause"]
+__all__ = [
+    "KILLS",
+    "SAMPLE_EVERY",
+    "CounterFile",
+    "KillCounter",
+    "MemoryProbe",
+    "crash_cause",
+    "memory_line",
+    "resident",
+]
 
 SAMPLE_EVERY = 0.05  # seconds between two resident-memory samples of one worker
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -169,22 +178,43 @@ class MemoryProbe:
         self.items = 0  # items the worker had finished at the last sample
         self.sampled_at = -SAMPLE_EVERY
 
-    def sample(self, items: int) -> None:
-        """Read the resident memory, if the last sample is older than SAMPLE_EVERY.
+    def sample(self, items: int, *, every: float = SAMPLE_EVERY) -> None:
+        """Read the resident memory, if the last sample is older than `every` seconds
+        (0: now; ``max_worker_memory`` looks after each answer, ~10 us a read).
 
         Args:
             items: How many items the worker has finished (said with the figure).
+            every: The sampling interval.
         """
         now = self._clock()
-        if now - self.sampled_at < SAMPLE_EVERY:
+        if every and now - self.sampled_at < every:
             return
         self.sampled_at = now
-        try:
-            with open(self._statm, "rb") as file:
-                resident = int(file.read().split()[1]) * _PAGE
-        except (OSError, IndexError, ValueError):
-            return
-        self.rss, self.items = resident, items
+        rss = resident(self._statm)
+        if rss is not None:
+            self.rss, self.items = rss, items
+
+
+def resident(statm: str = "/proc/self/statm") -> int | None:
+    """Bytes resident of the process whose procfs ``statm`` this is (None where there is
+    no procfs): one small read, ~10 us."""
+    try:
+        with open(statm, "rb") as file:
+            return int(file.read().split()[1]) * _PAGE
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+EARLY = 0.9  # of max_worker_memory: a worker's successor starts; at the line, it stops
+
+
+def memory_line(rss: int | None, limit: int | None) -> bool | None:
+    """What a worker's resident memory `rss` says under ``max_worker_memory=limit``:
+    True past the line (it takes no more items: recycle it now), False past EARLY of it
+    (start its successor, it goes on until that one is ready), None below both."""
+    if rss is None or limit is None or rss <= EARLY * limit:
+        return None
+    return rss > limit
 
 
 def _size(count: int) -> str:
@@ -197,8 +227,10 @@ def _size(count: int) -> str:
 
 
 _NEXT_STEP = (
-    "next step: run fewer workers, or a smaller window or batch size, so that the "
-    "workers together stay within the memory they may use"
+    "next step: set max_worker_memory (e.g. Pool(..., max_worker_memory='4GiB')) so that "
+    "a worker that grows is recycled before it is killed, or run fewer workers, or a "
+    "smaller window or batch size, so that the workers together stay within the memory "
+    "they may use"
 )
 
 

@@ -24,6 +24,7 @@ from ._checks import (
     check_int,
     check_options,
     check_seconds,
+    check_size,
     default_workers,
     forks,
     refuse_at_exit,
@@ -125,6 +126,16 @@ class Pool(Executor):
             ``"auto"``); default: the instance this process is connected to, else
             ``RAY_ADDRESS``, else a local instance sized to the machine, which the last
             pool using it shuts down.
+        max_tasks_per_worker: Processes and Ray: recycle a worker once it has been
+            given this many items: a fresh worker (running `setup` again) is started as
+            it takes its last item, and takes its place when ready.  None: never.
+        max_worker_memory: Processes and Ray: recycle a worker whose resident memory,
+            measured after each item (each batch of short items), is above this many
+            bytes (an int, or a size such as ``"4GiB"``, ``"512MB"``).  It is a
+            trigger, not a cap: the worker goes on taking items until its successor
+            is ready, so capacity does not dip.  No item is lost, failed or run twice
+            by recycling; ``stats().recycled`` counts recycled workers.  Threads refuse
+            both (a thread cannot give its memory back).
         task_timeout: Seconds an item may run, counted from when a worker starts it;
             past it the item fails with `TaskTimeout` (handled by `on_error` like any
             task error) and its worker is replaced.  On threads the stuck thread is
@@ -169,6 +180,8 @@ class Pool(Executor):
         retries: int = 0,
         start_method: str | None = None,
         address: str | None = None,
+        max_tasks_per_worker: int | None = None,
+        max_worker_memory: int | str | None = None,
         task_timeout: float | None = None,
         stall_timeout: float | None = DEFAULT_STALL_TIMEOUT,
         on_stall: str | Callable[[StallReport], Any] = "report",
@@ -176,8 +189,19 @@ class Pool(Executor):
         name: str | None = None,
     ) -> None:
         backend_class = get_backend(backend)
-        check_options(backend, backend_class.options, retries, start_method, address)
+        check_options(
+            backend,
+            backend_class.options,
+            retries=retries,
+            start_method=start_method,
+            address=address,
+            max_tasks_per_worker=max_tasks_per_worker,
+            max_worker_memory=max_worker_memory,
+        )
         check_int("retries", retries, 0, "extra runs of an item whose worker died")
+        if max_tasks_per_worker is not None:
+            check_int("max_tasks_per_worker", max_tasks_per_worker, 1, "items a worker runs")
+        max_memory = check_size("max_worker_memory", max_worker_memory)
         if start_method is not None and start_method not in ("spawn", "forkserver"):
             raise ValueError(f"start_method must be 'spawn' or 'forkserver', got {start_method!r}")
         task_timeout = check_seconds("task_timeout", task_timeout)
@@ -210,7 +234,12 @@ class Pool(Executor):
             self._workers,
             setup,
             BackendOptions(
-                name=name or "", retries=retries, start_method=start_method, address=address
+                name=name or "",
+                retries=retries,
+                start_method=start_method,
+                address=address,
+                max_tasks=max_tasks_per_worker,
+                max_memory=max_memory,
             ),
         )
         self._bars: weakref.WeakSet[Any] = weakref.WeakSet()  # open progress bars
@@ -278,6 +307,7 @@ class Pool(Executor):
             replaced=replaced,
             abandoned_running=abandoned,
             workers=workers,
+            recycled=sum(w.recycled for w in workers),
         )
 
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:

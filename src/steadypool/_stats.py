@@ -25,7 +25,10 @@ class WorkerStats:
         failed: Of those, items that failed (raised, timed out, or crashed it).
         busy_seconds: Time spent running items.
         queue_wait_seconds: Total time its items waited in the queue before it took them.
-        replaced: How many times a fresh worker took this index's place.
+        replaced: How many times a fresh worker took this index's place after a
+            crash, a timeout or a stall.
+        recycled: How many of its workers were recycled (``max_tasks_per_worker``,
+            ``max_worker_memory``): each left after its items, a successor in its place.
     """
 
     index: int
@@ -35,6 +38,7 @@ class WorkerStats:
     busy_seconds: float
     queue_wait_seconds: float
     replaced: int
+    recycled: int = 0
 
 
 @final
@@ -55,6 +59,8 @@ class PoolStats:
         replaced: Workers replaced (after a timeout, a stall or a crash).
         abandoned_running: Abandoned threads still running their stuck task.
         workers: Per-worker figures, by index.
+        recycled: Workers recycled (``max_tasks_per_worker``, ``max_worker_memory``);
+            none of their items was lost, failed or run twice.
     """
 
     done: int
@@ -66,6 +72,7 @@ class PoolStats:
     replaced: int
     abandoned_running: int
     workers: tuple[WorkerStats, ...]
+    recycled: int = 0
 
     @property
     def queue_wait_seconds(self) -> float:
@@ -86,6 +93,7 @@ class WorkerRecord(Protocol):
     failed: int
     busy: float
     waited: float
+    recycled: bool  # it left by recycling (a successor took its index)
 
 
 def count_failure(record: WorkerRecord, started: float, now: float) -> None:
@@ -104,6 +112,7 @@ def per_worker(
     stats = []
     for worker in workers:
         mine = [r for r in records if r.worker.index == worker.index]
+        recycled = sum(1 for r in mine if r.recycled)
         stats.append(
             WorkerStats(
                 index=worker.index,
@@ -112,7 +121,8 @@ def per_worker(
                 failed=sum(r.failed for r in mine),
                 busy_seconds=sum(r.busy for r in mine),
                 queue_wait_seconds=sum(r.waited for r in mine),
-                replaced=max(0, len(mine) - 1),
+                replaced=max(0, len(mine) - 1 - recycled),
+                recycled=recycled,
             )
         )
     return tuple(stats)

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import cloudpickle
 
 from .._devices import activate
+from .._oom import resident
 from .._worker import Worker, bind
 from . import _wire as wire
 
@@ -51,9 +52,10 @@ def for_ray(frames: list[bytes | memoryview]) -> list[Any]:
 class Actor:
     """The body of one worker actor (wrapped with ray.remote by the driver)."""
 
-    def __init__(self, worker: Worker, setup: bytes | None) -> None:
+    def __init__(self, worker: Worker, setup: bytes | None, max_memory: int | None) -> None:
         self.worker = worker
         self.setup_bytes = setup
+        self.max_memory = max_memory  # stop a batch once resident memory is past it
         self.ident = 0
         # The item running now: (task id, time.monotonic() here when it started).
         self.current: tuple[int, float] | None = None
@@ -86,11 +88,19 @@ class Actor:
             return False, for_ray(wire.error_frames(exc)), os.getpid(), node
         return True, None, os.getpid(), node
 
-    def run_batch(self, fn: Callable[..., Any], items: list[tuple[int, list[Any]]]) -> Outcomes:
-        """Run each item in order; return the outcomes `drain` has not taken."""
+    def run_batch(
+        self, fn: Callable[..., Any], items: list[tuple[int, list[Any]]]
+    ) -> tuple[Outcomes, list[int], int | None]:
+        """Run each item in order; return the outcomes `drain` has not taken, the task
+        ids not started because the actor's resident memory passed ``max_worker_memory``
+        (checked after each item), and its resident memory now (None without procfs)."""
         bind(self.worker)
         self.ident = threading.get_ident()
-        for task_id, frames in items:
+        unrun: list[int] = []
+        for at, (task_id, frames) in enumerate(items):
+            if at and self.max_memory is not None and (resident() or 0) > self.max_memory:
+                unrun = [task_id for task_id, _ in items[at:]]
+                break
             if task_id in self.withdrawn:
                 with self.lock:
                     self.done.append((task_id, wire.SKIPPED, [], 0.0))
@@ -105,7 +115,7 @@ class Actor:
         self.withdrawn.difference_update(task_id for task_id, _ in items)
         with self.lock:
             taken, self.done = self.done, []
-        return taken
+        return taken, unrun, resident()
 
     def drain(self) -> tuple[Outcomes, tuple[int, float] | None]:
         """(the outcomes finished since the last look, (task id, seconds it has run) of

@@ -129,12 +129,17 @@ class BackendOptions:
             ``on_stall="restart"``) is run again on a fresh worker.
         start_method: How worker processes start, where the backend has processes.
         address: The cluster to connect to, where the backend has one (Ray).
+        max_tasks: Recycle a worker once it has been given this many items.
+        max_memory: Recycle a worker once its resident memory passed this many bytes
+            after an item.
     """
 
     name: str = ""
     retries: int = 0
     start_method: str | None = None
     address: str | None = None
+    max_tasks: int | None = None
+    max_memory: int | None = None
 
 
 class Backend(ABC):

@@ -282,9 +282,10 @@ class Ledger:
                 self._held.setdefault(_ORPHANS, OrderedDict())[keep.task_id] = keep
         return keep
 
-    def requeue_solo(self, runs: Iterable[Run]) -> None:
-        """Put `runs` (held, in order) back at the head of the queue, each to go alone to a
-        worker: a batch failed as a whole and each item must answer for itself."""
+    def requeue(self, runs: Iterable[Run], *, solo: bool) -> None:
+        """Put `runs` (held, not run, in order) back at the head of the queue; with `solo`
+        each goes alone to a worker (a batch failed as a whole and each item must answer
+        for itself)."""
         runs = list(runs)
         with self._lock:
             mine = [r for r in runs if r.state is RunState.HELD]
@@ -292,7 +293,8 @@ class Ledger:
                 held = self._held.get(run.holder)
                 if held is not None:
                     held.pop(run.task_id, None)
-                run.state, run.holder, run.solo = RunState.REQUEUED, None, True
+                run.state, run.holder = RunState.REQUEUED, None
+                run.solo = run.solo or solo
             self._queue.extendleft(reversed(mine))
 
     # --- outcomes ----------------------------------------------------------------------

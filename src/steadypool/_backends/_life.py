@@ -2,14 +2,20 @@
 
 ::
 
-    STARTING --setup_began--> SETUP --ready--> READY
-        |                       |                |
-        +-----------------------+----------------+--doom--> DOOMED --end--> GONE
-        +-----------------------+----------------+------------------end--> GONE
+    STARTING --setup_began--> SETUP --ready--> READY --retire--> RETIRING
+                                                 |                  |
+                                                 +------leave-------+--leave--> LEAVING
+
+    any living state --doom--> DOOMED;  any state --end--> GONE
 
 * STARTING: spawned (or scheduled), not yet heard from; only stall reports watch it.
 * SETUP: running ``setup(worker)``; `since` is when it began (task_timeout applies).
 * READY: takes items.
+* RETIRING: crossed ``max_worker_memory``; its successor is starting, and it goes on
+  taking items until the successor is ready, so the pool's capacity does not dip.
+* LEAVING: recycled (``max_tasks_per_worker`` reached, or its successor is ready): it
+  takes no more items, finishes those it holds, then is told to stop; its end is not a
+  crash and starts no replacement (its successor is already there).
 * DOOMED: killed on purpose (the watchdog, shutdown, interpreter exit): its end is not a
   crash, it takes no items, and no replacement is started for it by its death.
 * GONE: ended; its runs were released.
@@ -34,11 +40,14 @@ class WorkerState(enum.Enum):
     STARTING = "starting"
     SETUP = "setup"
     READY = "ready"
+    RETIRING = "retiring"
+    LEAVING = "leaving"
     DOOMED = "doomed"
     GONE = "gone"
 
 
-_ALIVE = (WorkerState.STARTING, WorkerState.SETUP, WorkerState.READY)
+_RUNS_ITEMS = (WorkerState.READY, WorkerState.RETIRING, WorkerState.LEAVING)
+_ALIVE = (WorkerState.STARTING, WorkerState.SETUP, *_RUNS_ITEMS)
 
 
 class Life:
@@ -68,6 +77,20 @@ class Life:
         self._to(WorkerState.READY)
         return True
 
+    def retire(self) -> bool:
+        """READY -> RETIRING (its successor is being started)."""
+        if self.state is not WorkerState.READY:
+            return False
+        self._to(WorkerState.RETIRING)
+        return True
+
+    def leave(self) -> bool:
+        """READY or RETIRING -> LEAVING (it takes no more items)."""
+        if self.state not in (WorkerState.READY, WorkerState.RETIRING):
+            return False
+        self._to(WorkerState.LEAVING)
+        return True
+
     def doom(self) -> bool:
         """Any living state -> DOOMED (the caller kills it)."""
         if self.state not in _ALIVE:
@@ -89,4 +112,9 @@ class Life:
 
     @property
     def takes_items(self) -> bool:
-        return self.state is WorkerState.READY
+        return self.state is WorkerState.READY or self.state is WorkerState.RETIRING
+
+    @property
+    def runs_items(self) -> bool:
+        """Past setup and not ended: what it holds is running or about to."""
+        return self.state in _RUNS_ITEMS

@@ -15,9 +15,16 @@ Who owns what:
 * The manager thread owns the children: it spawns them, talks on their sockets, reaps
   and replaces them.  Spawning from the manager matters: Linux's PR_SET_PDEATHSIG
   follows the thread that forked, and the manager is the last of ours to end.
-* `_lock` guards `_live`, every `child.life` (its `WorkerState`), `_start_failures` and
-  `_setup_kills`.  It is taken before the ledger's own lock, never after.  The manager
-  is the only writer of `_live`; other threads take a snapshot of it under `_lock`.
+* `_lock` guards `_live`, `_leaving`, every `child.life` (its `WorkerState`),
+  `_start_failures` and `_setup_kills`.  It is taken before the ledger's own lock, never
+  after.  The manager is the only writer of `_live` and `_leaving`; other threads take a
+  snapshot of them under `_lock`.
+* Recycling (``max_tasks_per_worker``, ``max_worker_memory``): `_live[index]` is the
+  newest child of an index; a recycled child moves to `_leaving` as its successor is
+  spawned into `_live`.  One that reached ``max_tasks`` is LEAVING at once (it was sent
+  its last item); one past ``max_memory`` is RETIRING and goes on taking items until
+  its successor is READY, then LEAVING.  A LEAVING child that holds nothing is sent
+  STOP; its end is no crash, and only the death of `_live[index]` spawns a child.
 * Each child runs its items one at a time, in the order sent.  While items are long it
   holds one; while they are short, as many as take AHEAD_TIME to run (at most
   AHEAD_MAX), sent and answered in batches.  The child writes the item it starts into
@@ -58,7 +65,7 @@ import cloudpickle
 from .. import _remote
 from .._devices import child_view
 from .._exceptions import BrokenPool, WorkerCrashed
-from .._oom import crash_cause
+from .._oom import SAMPLE_EVERY, crash_cause, memory_line
 from .._records import SETUP, Busy, setup_busy
 from .._stats import count_failure
 from .._worker import Worker, describe
@@ -95,7 +102,7 @@ _ORDER = {"wake": 0, "message": 1, "died": 2}
 class ProcessBackend(QueuedBackend):
     """Runs tasks in worker processes that can be killed and replaced."""
 
-    options = frozenset({"retries", "start_method"})
+    options = frozenset({"retries", "start_method", "max_tasks_per_worker", "max_worker_memory"})
     destination = "a worker process"
     replacing = "its worker process was killed and a fresh one took its place"
 
@@ -107,7 +114,10 @@ class ProcessBackend(QueuedBackend):
         self._halted = False
         self._fn_cache: FunctionCache[tuple[int, bytes]] = FunctionCache(FN_CACHE // 2)
         self._fn_ids = itertools.count()
-        self._live: dict[int, WorkerProcess] = {}  # worker index -> its current child
+        self._live: dict[int, WorkerProcess] = {}  # worker index -> its newest child
+        self._leaving: list[WorkerProcess] = []  # recycled children finishing their items
+        self._max_tasks = options.max_tasks
+        self._max_memory = options.max_memory
         self._start_failures: dict[int, int] = {}
         self._dump_dir = tempfile.mkdtemp(prefix="steadypool-")
         self._wake_r, self._wake_w = os.pipe()
@@ -161,8 +171,7 @@ class ProcessBackend(QueuedBackend):
     def shutdown(self, *, wait: bool, cancel: bool) -> None:
         self._ledger.close()
         if cancel:
-            with self._lock:
-                self._cancel(sum(1 for c in self._live.values() if self._ledger.holds(c)))
+            self._cancel(sum(1 for c in self._snapshot() if self._ledger.holds(c)))
         self._wake()
         if wait and threading.current_thread() is not self._manager:
             while self._manager.is_alive():
@@ -181,8 +190,9 @@ class ProcessBackend(QueuedBackend):
             os.write(self._wake_w, b"x")
 
     def _snapshot(self) -> list[WorkerProcess]:
+        """Every child alive: the newest of each index and those leaving."""
         with self._lock:
-            return list(self._live.values())
+            return [*self._live.values(), *self._leaving]
 
     # --- the watchdog's view ---------------------------------------------------------------
 
@@ -196,7 +206,7 @@ class ProcessBackend(QueuedBackend):
                 where = f"pid {child.pid}"
                 found.append(setup_busy(id(child), child.worker, life.since, where, (child, SETUP)))
                 continue
-            run = self._running(child) if life.state is WorkerState.READY else None
+            run = self._running(child) if life.runs_items else None
             if run is None:
                 continue
             found.append(
@@ -242,7 +252,7 @@ class ProcessBackend(QueuedBackend):
             return self._fail_setup(busy, child, error, retry=retry)
         assert isinstance(run, Run)
         with self._lock:
-            if child.life.state is not WorkerState.READY:
+            if not child.life.runs_items:
                 return False  # it died (or was killed) first
             if self._ledger.find(child, run.task_id) is not run:
                 return False  # it finished first
@@ -301,7 +311,7 @@ class ProcessBackend(QueuedBackend):
             if run is None or run.owner.wanted(run.key):
                 continue
             with self._lock:
-                if child.life.state is not WorkerState.READY or not child.life.doom():
+                if not child.life.runs_items or not child.life.doom():
                     continue
             self._ledger.release(child, None)
             child.kill()
@@ -320,7 +330,7 @@ class ProcessBackend(QueuedBackend):
                 by_handle: dict[Any, tuple[str, WorkerProcess | None]] = {
                     self._wake_r: ("wake", None)
                 }
-                for child in self._live.values():  # the manager is `_live`'s only writer
+                for child in self._children():
                     by_handle[child.process.sentinel] = ("died", child)
                     if child.sock is not None:
                         by_handle[child.sock] = ("message", child)
@@ -332,7 +342,7 @@ class ProcessBackend(QueuedBackend):
                     if what == "wake":
                         with contextlib.suppress(BlockingIOError):
                             os.read(self._wake_r, 4096)
-                    elif found is not None and found is self._live.get(found.worker.index):
+                    elif found is not None and self._alive(found):
                         if what == "message":
                             self._receive(found)
                         else:
@@ -366,24 +376,71 @@ class ProcessBackend(QueuedBackend):
         with self._lock:
             self._live[worker.index] = child
 
+    def _children(self) -> list[WorkerProcess]:
+        """Every child alive (manager only: it is the only writer, so no lock)."""
+        return [*self._live.values(), *self._leaving]
+
+    def _alive(self, child: WorkerProcess) -> bool:
+        """Whether `child` is still one of ours (manager only)."""
+        return child is self._live.get(child.worker.index) or child in self._leaving
+
     def _dispatch(self) -> None:
         count = ahead(self._task_time, below=_PREFETCH_BELOW, budget=AHEAD_TIME, most=AHEAD_MAX)
-        for child in list(self._live.values()):
-            # Unlocked read of `life`: only the manager (this thread) makes a child READY,
-            # and a child doomed meanwhile is killed; what it was sent is released.
+        for child in self._children():
+            # Unlocked read of `life`: only the manager (this thread) makes a child READY
+            # or recycles it, and a child doomed meanwhile is killed; what it was sent is
+            # released.
             if not child.life.takes_items:
                 continue
             # Refill when half of what was sent ahead is answered: a batch per message.
             if self._ledger.holds(child) > count // 2:
                 continue
-            batch = self._ledger.take(child, count)
+            want = count if self._max_tasks is None else min(count, self._max_tasks - child.given)
+            batch = self._ledger.take(child, want)
             if batch:
                 now = time.monotonic()
+                child.given += len(batch)
                 for run in batch:
                     child.waited += now - run.queued_at
                 child.send_tasks(batch)  # if it died, _reap releases the batch
+                if self._max_tasks is not None and child.given >= self._max_tasks:
+                    self._recycle(child, leave=True)  # it was sent its last item
             if not self._ledger.queued:
                 return
+
+    # --- recycling (manager only) ----------------------------------------------------------
+
+    def _recycle(self, child: WorkerProcess, *, leave: bool) -> None:
+        """Recycle `child`: it gives its index to a successor, spawned now; it leaves at
+        once (`leave`: it was sent its last item) or goes on taking items until the
+        successor is ready (RETIRING: its memory crossed the line)."""
+        with self._lock:
+            newest = child is self._live.get(child.worker.index)
+            if not (child.life.leave() if leave else child.life.retire()):
+                return  # not READY (nor RETIRING, to leave): killed, ended, recycled
+            child.recycled = True
+            if newest:
+                del self._live[child.worker.index]
+                self._leaving.append(child)
+        if newest and self._wanted():
+            self._spawn(child.worker)
+        else:  # nothing more to take: no successor, and this child leaves now
+            with self._lock:
+                child.life.leave()
+        self._leave_if_done(child)
+
+    def _leave_if_done(self, child: WorkerProcess) -> None:
+        """Tell a LEAVING child that holds nothing more to exit (its end is no crash)."""
+        if child.life.state is WorkerState.LEAVING and not self._ledger.holds(child):
+            child.send([pickle.dumps((wire.STOP,))])  # if it died, _reap hears of it
+
+    def _wanted(self) -> bool:
+        """Whether an index left without a child should get one: items may still come
+        (open pool), or wait (some went back to the queue with a child that ended)."""
+        ledger = self._ledger
+        if self._halted or ledger.broken is not None:
+            return False
+        return not (ledger.closed and not ledger.queued)
 
     def _receive(self, child: WorkerProcess, timeout: float | None = None) -> None:
         frames = child.receive(timeout)
@@ -402,6 +459,7 @@ class ProcessBackend(QueuedBackend):
                 child.life.ready()
                 self._start_failures.pop(child.worker.index, None)
                 self._setup_kills.pop(child.worker.index, None)
+            self._succeeded(child)
         elif tag[0] == wire.SETUP_FAILED:
             _ok, exc = wire.load_outcome(wire.ERR, frames[1:], f"pid {child.pid}")
             broken = BrokenPool(
@@ -430,8 +488,14 @@ class ProcessBackend(QueuedBackend):
 
         where = f"{describe(child.worker.index, child.worker.device)} (pid {child.pid})"
         self._settle_outcomes(child, child, outcomes(), where)
-        if child.memory is not None:
-            child.memory.sample(child.items)  # for the message if it dies (issue 20)
+        memory, limit = child.memory, self._max_memory
+        if memory is not None:
+            # For the message if it dies (issue 20); after each answer with a limit.
+            memory.sample(child.items, every=0.0 if limit else SAMPLE_EVERY)
+            line = memory_line(memory.rss, limit)
+            if line is not None:
+                self._recycle(child, leave=line)
+        self._leave_if_done(child)
 
     def _reap(self, child: WorkerProcess) -> None:
         """A child ended: settle or requeue what it held, and start a replacement."""
@@ -440,7 +504,11 @@ class ProcessBackend(QueuedBackend):
         exitcode = child.process.exitcode
         with self._lock:
             last = child.life.end()
-            del self._live[child.worker.index]
+            newest = child is self._live.get(child.worker.index)
+            if newest:
+                del self._live[child.worker.index]
+            else:
+                self._leaving.remove(child)
         run, running = self._last(child) if last is not WorkerState.DOOMED else (None, False)
         started = run.started if run is not None else 0.0
         culprit = self._ledger.release(child, run)
@@ -464,10 +532,8 @@ class ProcessBackend(QueuedBackend):
                     )
                 )
         ledger = self._ledger
-        needed = not self._halted and ledger.broken is None
-        if needed and ledger.closed and ledger.idle():
-            needed = False
-        if needed:
+        # A recycled child's successor holds its index already (unless none was needed).
+        if child.worker.index not in self._live and self._wanted():
             self._spawn(child.worker)
         if (
             crash is not None
@@ -518,7 +584,7 @@ class ProcessBackend(QueuedBackend):
     def _stop_children(self) -> None:
         """Ask every child to stop (kill it at once when halted), then kill what has not
         exited in time (manager only); fail what they still held."""
-        live = list(self._live.values())
+        live = self._children()
         for child in live:
             if self._halted:
                 child.kill()
@@ -543,6 +609,7 @@ class ProcessBackend(QueuedBackend):
             )
         with self._lock:
             self._live.clear()
+            self._leaving.clear()
         if self._ledger.queued:  # halted: what has begun and was not run fails
             self._ledger.break_pool(BrokenPool(f"the pool {self.name!r} was stopped"))
         for fd in (self._wake_r, self._wake_w):

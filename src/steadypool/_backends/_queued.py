@@ -47,6 +47,10 @@ class QueuedBackend(Backend):
     can_kill = True
     # Where items go, as messages say it: "a worker process", "a Ray actor".
     destination: ClassVar[str]
+    # Recycled workers finishing their items (a WorkerProcess, a Ray Slot), guarded by
+    # the backend's `_lock`; see `_life` for RETIRING and LEAVING.
+    _lock: Any
+    _leaving: list[Any]
 
     def __init__(
         self,
@@ -76,6 +80,19 @@ class QueuedBackend(Backend):
     @abstractmethod
     def _open(self, options: BackendOptions) -> None:
         """Start the workers and whatever drives them."""
+
+    @abstractmethod
+    def _leave_if_done(self, worker: Any) -> None:
+        """Let a LEAVING worker that holds nothing more go (its end is no crash)."""
+
+    def _succeeded(self, successor: Any) -> None:
+        """`successor` is ready: the RETIRING workers of its index take no more items."""
+        with self._lock:
+            old = [w for w in self._leaving if w.worker.index == successor.worker.index]
+            for worker in old:
+                worker.life.leave()
+        for worker in old:
+            self._leave_if_done(worker)
 
     @property
     def broken(self) -> BrokenPool | None:
@@ -153,5 +170,5 @@ class QueuedBackend(Backend):
 
     def worker_stats(self) -> tuple[tuple[WorkerStats, ...], int, int]:
         history = list(self._history)
-        replaced = max(0, len(history) - len(self._workers))
-        return per_worker(self._workers, history), 0, replaced
+        workers = per_worker(self._workers, history)
+        return workers, 0, sum(w.replaced for w in workers)

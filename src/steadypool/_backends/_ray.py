@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 import cloudpickle
 
 from .._exceptions import BrokenPool, WorkerCrashed
+from .._oom import memory_line
 from .._records import SETUP, Busy, setup_busy
 from .._stats import count_failure
 from .._worker import describe
@@ -82,7 +83,7 @@ ALIVE_CHECK = 1.0  # seconds between the poller's looks at whether Ray is still 
 class RayBackend(RayActors):
     """Runs tasks on Ray actors (a local instance, or the cluster at `address`)."""
 
-    options = frozenset({"retries", "address"})
+    options = frozenset({"retries", "address", "max_tasks_per_worker", "max_worker_memory"})
     destination = "a Ray actor"
     replacing = "its Ray actor was killed and a fresh one took its place"
 
@@ -94,6 +95,9 @@ class RayBackend(RayActors):
         self._idle = threading.Condition(self._lock)
         self._disconnected = False
         self._slots: dict[int, Slot] = {}
+        self._leaving: list[Slot] = []
+        self._max_tasks = options.max_tasks
+        self._max_memory = options.max_memory
         self._fn_refs: FunctionCache[Any] = FunctionCache(128)
         self._start_deaths: dict[int, int] = {}  # index -> actors that died starting, in a row
         self._poke = threading.Event()
@@ -112,9 +116,11 @@ class RayBackend(RayActors):
     def _dispatch(self, slot: Slot) -> None:
         """Give `slot` its next batch of pending items, if it is idle."""
         with self._lock:
-            if not slot.life.takes_items or slot.batch or not self._current(slot):
+            if not slot.life.takes_items or slot.batch or not self._ours(slot):
                 return
             count = ahead(self._task_time, below=BATCH_BELOW, budget=BATCH_TIME, most=BATCH_MAX)
+            if self._max_tasks is not None:
+                count = min(count, self._max_tasks - slot.given)
             batch = self._ledger.take(slot, count, same_fn=True)
             if not batch:
                 self._idle.notify_all()
@@ -122,6 +128,9 @@ class RayBackend(RayActors):
             now = time.monotonic()
             slot.batch, slot.current = batch, None
             slot.drains, slot.next_drain = 0, now + DRAIN_AFTER
+            slot.given += len(batch)
+            if self._max_tasks is not None and slot.given >= self._max_tasks:
+                self._recycle(slot, leave=True)  # given its last items; it leaves after them
         items = []
         for run in batch:
             run.started = now
@@ -153,7 +162,7 @@ class RayBackend(RayActors):
         if self._ray_gone():
             return
         if len(batch) > 1:
-            self._ledger.requeue_solo(batch)
+            self._ledger.requeue(batch, solo=True)
         else:
             error = RuntimeError(f"the item could not be sent to a Ray actor: {first_line(cause)}")
             self._ledger.settle(batch[0], False, error, None)
@@ -173,7 +182,7 @@ class RayBackend(RayActors):
                 return  # claimed by the watchdog: its outcomes are delivered
             slot.batch, slot.current = [], None
         try:
-            outcomes = future.result()
+            outcomes, unrun, resident = future.result()
         except Exception as exc:
             # A call failed by ray.shutdown() is no crash of its actor: the pool breaks.
             if not self._ray_gone():
@@ -181,7 +190,13 @@ class RayBackend(RayActors):
             return
         self._deliver(slot, outcomes)
         del outcomes
+        if unrun:  # it stopped past max_worker_memory: the items it did not start go back
+            self._ledger.requeue([r for r in batch if r.task_id in set(unrun)], solo=False)
+        line = memory_line(resident, self._max_memory)
+        if line is not None:
+            self._recycle(slot, leave=line)
         self._dispatch(slot)
+        self._leave_if_done(slot)
 
     def _deliver(self, slot: Slot, outcomes: list[tuple[int, str, list[Any], float]]) -> None:
         """Settle the items an actor reported (those nobody settled yet)."""
@@ -197,18 +212,14 @@ class RayBackend(RayActors):
                     return
                 now = time.monotonic()
                 due = []
-                for slot in self._slots.values():
+                for slot in self._all():
                     # A slot being drained is looked at again when its drain returns.
                     if len(slot.batch) > 1 and not slot.draining and now >= slot.next_drain:
                         slot.drains += 1
                         slot.next_drain = now + min(DRAIN_MAX, DRAIN_AFTER * 2**slot.drains)
                         due.append((slot, slot.batch))
                 wake = min(
-                    (
-                        s.next_drain
-                        for s in self._slots.values()
-                        if len(s.batch) > 1 and not s.draining
-                    ),
+                    (s.next_drain for s in self._all() if len(s.batch) > 1 and not s.draining),
                     default=None,
                 )
             for slot, batch in due:
@@ -265,8 +276,10 @@ class RayBackend(RayActors):
         if actor_died:
             with self._lock:
                 slot.life.end()
-                if self._current(slot) and self._ledger.broken is None:
-                    self._start(slot.worker)
+                if self._ledger.broken is None:
+                    self._replace(slot)
+                elif slot in self._leaving:
+                    self._leaving.remove(slot)
         if not held:
             if not actor_died:
                 self._dispatch(slot)
@@ -282,7 +295,7 @@ class RayBackend(RayActors):
                 slot.where,
                 first_line(cause),
             )
-            self._ledger.requeue_solo(held)
+            self._ledger.requeue(held, solo=True)
             self._dispatch_idle()
             return
         (run,) = held
@@ -315,7 +328,7 @@ class RayBackend(RayActors):
     def _dispatch_idle(self, *, first: bool = False) -> None:
         """Give idle actors their next batches (with `first`, only one: a submit)."""
         with self._lock:
-            idle = [s for s in self._slots.values() if s.life.takes_items and not s.batch]
+            idle = [s for s in self._all() if s.life.takes_items and not s.batch]
         for slot in idle[:1] if first else idle:
             self._dispatch(slot)
 
@@ -345,7 +358,7 @@ class RayBackend(RayActors):
         self._ledger.close()
         if cancel:
             with self._lock:
-                self._cancel(sum(1 for s in self._slots.values() if s.batch))
+                self._cancel(sum(1 for s in self._all() if s.batch))
         if wait:
             self._stop()
         else:
@@ -359,7 +372,7 @@ class RayBackend(RayActors):
         self._ledger.cancel(0)
         stopped = WorkerCrashed(f"the pool {self.name!r} was stopped while the item was running")
         with self._lock:
-            slots = list(self._slots.values())
+            slots = self._all()
             for slot in slots:
                 slot.life.doom()
                 slot.batch = []
@@ -377,8 +390,7 @@ class RayBackend(RayActors):
                 if self._ledger.broken is not None or (
                     self._ledger.idle()
                     and not any(
-                        s.batch or s.draining or not s.life.takes_items
-                        for s in self._slots.values()
+                        s.batch or s.draining or not s.life.takes_items for s in self._all()
                     )
                 ):
                     break
@@ -387,7 +399,7 @@ class RayBackend(RayActors):
             if self._disconnected:
                 return
             self._disconnected = True
-            slots = list(self._slots.values())
+            slots = self._all()
         self._poke.set()
         if threading.current_thread() is not self._poller:
             self._poller.join(_JOIN_SLICE * 4)
@@ -398,15 +410,17 @@ class RayBackend(RayActors):
     def busy(self) -> list[Busy]:
         found = []
         with self._lock:
-            slots = [(s, s.life.state, s.life.since, s.batch) for s in self._slots.values()]
-        for slot, state, since, batch in slots:
+            slots = [
+                (s, s.life.state, s.life.since, s.life.runs_items, s.batch) for s in self._all()
+            ]
+        for slot, state, since, runs_items, batch in slots:
             if state in (WorkerState.STARTING, WorkerState.SETUP):
                 timed = state is WorkerState.SETUP
                 found.append(
                     setup_busy(id(slot), slot.worker, since, slot.where, (slot, SETUP), timed=timed)
                 )
                 continue
-            if not batch or state is not WorkerState.READY:
+            if not batch or not runs_items:
                 continue
             run, started = self._running(slot, batch)
             found.append(
@@ -485,7 +499,7 @@ class RayBackend(RayActors):
             # The others go back as they were: those before it finished, but their
             # results die with the actor, and run again.
             culprit = self._ledger.release(slot, run, retry=retry)
-            self._start(slot.worker)  # the replacement takes the index at once
+            self._replace(slot)
         self._kill(slot.actor)
         if culprit is not None and self._ledger.settle(culprit, False, error, slot.worker):
             count_failure(slot, started, time.monotonic())
@@ -496,7 +510,7 @@ class RayBackend(RayActors):
         want them; waits for the answers, so none of them starts after this returns."""
         asked = []
         with self._lock:
-            slots = list(self._slots.values())
+            slots = self._all()
         for slot in slots:
             unwanted = self._ledger.unwanted(slot)
             if unwanted and not self._ray_gone():
@@ -510,7 +524,7 @@ class RayBackend(RayActors):
         """Kill the actors running an item nobody waits for (the consumer left the
         `with` block by an exception); a fresh actor replaces one only while items wait."""
         with self._lock:
-            slots = [(s, s.batch) for s in self._slots.values() if s.batch]
+            slots = [(s, s.batch) for s in self._all() if s.batch]
         for slot, batch in slots:
             run, _started = self._running(slot, batch)
             if run.owner.wanted(run.key):
@@ -521,9 +535,11 @@ class RayBackend(RayActors):
                 slot.batch, slot.current = [], None
                 self._ledger.release(slot, None)
                 if self._ledger.queued:
-                    self._start(slot.worker)
-                else:
+                    self._replace(slot)
+                elif self._current(slot):
                     del self._slots[slot.worker.index]
+                else:
+                    self._leaving.remove(slot)
                 self._idle.notify_all()
             self._kill(slot.actor)
         self._dispatch_idle()

@@ -13,7 +13,14 @@ from one of our threads (issue 17, hole 10).
 `RayActors` is the Ray backend's base: it holds the slots (one actor per worker index)
 and these transitions; `RayBackend` adds items (dispatch, drains, crashes).  `_lock`
 (re-entrant: a call's done-callback may run at once, in the thread that added it)
-guards `_slots`, `_history`, `_start_deaths`, `_setup_kills` and every slot's fields.
+guards `_slots`, `_leaving`, `_history`, `_start_deaths`, `_setup_kills` and every
+slot's fields.
+
+Recycling: a recycled actor moves to `_leaving` as its successor is started into
+`_slots`.  One given its last items (``max_tasks_per_worker``) is LEAVING at once; one
+whose actor reported a resident memory past ``max_worker_memory`` after a batch is
+RETIRING and goes on taking items until its successor is ready.  A LEAVING actor whose
+batch is done is told to exit; its end is no crash and is followed by no start.
 """
 
 from __future__ import annotations
@@ -53,9 +60,11 @@ class Slot:
         "draining",
         "drains",
         "failed",
+        "given",
         "items",
         "life",
         "next_drain",
+        "recycled",
         "waited",
         "where",
         "worker",
@@ -74,6 +83,8 @@ class Slot:
         self.next_drain = 0.0  # when the poller drains this batch next
         self.where = "actor starting"
         self.items = self.failed = 0
+        self.given = 0  # items sent to it (max_tasks_per_worker counts these)
+        self.recycled = False  # recycled: a successor took its index
         self.busy = self.waited = 0.0
 
     @property
@@ -89,7 +100,9 @@ class RayActors(QueuedBackend):
     _actor_class: Any
     _lock: threading.RLock
     _idle: threading.Condition
-    _slots: dict[int, Slot]
+    _slots: dict[int, Slot]  # worker index -> its newest actor
+    _leaving: list[Slot]  # recycled actors finishing their batch
+    _max_memory: int | None
     _start_deaths: dict[int, int]  # index -> actors that died starting, in a row
     _poke: threading.Event
 
@@ -108,7 +121,7 @@ class RayActors(QueuedBackend):
         if worker.device is not None and worker.device.startswith("cuda"):
             seen, options = "cuda:0", {"num_cpus": 0, "num_gpus": 1}
         actor = self._actor_class.options(name=None, max_concurrency=1, **options).remote(
-            Worker(worker.index, seen), self._setup
+            Worker(worker.index, seen), self._setup, self._max_memory
         )
         slot = Slot(worker, actor)
         self._slots[worker.index] = slot
@@ -123,6 +136,58 @@ class RayActors(QueuedBackend):
     def _current(self, slot: Slot) -> bool:
         """Whether `slot` still holds its index (`_lock` held)."""
         return self._slots.get(slot.worker.index) is slot
+
+    def _ours(self, slot: Slot) -> bool:
+        """Whether `slot` holds its index or is recycled and finishing (`_lock` held)."""
+        return self._current(slot) or slot in self._leaving
+
+    def _all(self) -> list[Slot]:
+        """Every actor alive: the newest of each index, and those leaving (`_lock` held)."""
+        return [*self._slots.values(), *self._leaving]
+
+    def _replace(self, slot: Slot) -> None:
+        """`slot`'s actor ended (or is being killed): a fresh one takes its index if it
+        held it; a recycled one just goes, its successor holds the index, or none was
+        needed then and one is started now only if items wait (`_lock` held)."""
+        if slot in self._leaving:
+            self._leaving.remove(slot)
+        if self._current(slot) or (slot.worker.index not in self._slots and self._ledger.queued):
+            self._start(slot.worker)
+
+    # --- recycling (max_tasks_per_worker, max_worker_memory) -----------------------------
+
+    def _recycle(self, slot: Slot, *, leave: bool) -> None:
+        """Recycle `slot`: its successor starts now and takes its index; it leaves once
+        its batch is done (`leave`: it was given its last items) or goes on taking items
+        until the successor is ready (RETIRING: its memory crossed the line)."""
+        with self._lock:
+            newest = self._current(slot)
+            if not (slot.life.leave() if leave else slot.life.retire()):
+                return  # not READY (nor RETIRING, to leave): killed, ended, recycled
+            slot.recycled = True
+            if not newest:
+                return
+            self._leaving.append(slot)
+            ledger = self._ledger
+            if ledger.broken is None and not (ledger.closed and not ledger.queued):
+                self._start(slot.worker)  # takes the index: `slot` is not current now
+            else:  # nothing more to take: no successor, and `slot` leaves now
+                del self._slots[slot.worker.index]
+                slot.life.leave()
+        self._leave_if_done(slot)
+
+    def _leave_if_done(self, slot: Slot) -> None:
+        """A LEAVING actor whose batch is done exits: asked to, by a call queued behind
+        anything it still runs (ray.kill would block here, often a Ray callback thread)."""
+        with self._lock:
+            if slot.life.state is not WorkerState.LEAVING or slot.batch:
+                return
+            slot.life.end()
+            self._leaving.remove(slot)
+            self._idle.notify_all()
+        if self._ray_up():
+            with contextlib.suppress(Exception):
+                slot.actor.__ray_terminate__.remote()
 
     def _begun(self, slot: Slot, future: Any) -> None:
         """The actor runs: its setup is timed (task_timeout) from now, as on the other
@@ -159,6 +224,7 @@ class RayActors(QueuedBackend):
             slot.life.ready()
             self._start_deaths.pop(slot.worker.index, None)
             self._setup_kills.pop(slot.worker.index, None)
+        self._succeeded(slot)
         self._dispatch(slot)
 
     def _break_on_setup(self, slot: Slot, cause: BaseException) -> None:
@@ -236,7 +302,7 @@ class RayActors(QueuedBackend):
             "actors are gone and the pool cannot run tasks. Shut the pool down before Ray."
         )
         with self._lock:
-            slots = list(self._slots.values())
+            slots = self._all()
             for slot in slots:
                 slot.life.end()
                 slot.batch = []

@@ -76,6 +76,7 @@ class _Slot:
         "current",
         "failed",
         "items",
+        "recycled",
         "setup_started",
         "thread",
         "waited",
@@ -92,6 +93,7 @@ class _Slot:
         self.failed = 0
         self.busy = 0.0
         self.waited = 0.0
+        self.recycled = False  # threads are never recycled (check_options refuses it)
 
 
 class ThreadBackend(Backend):

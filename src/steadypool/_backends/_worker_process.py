@@ -43,6 +43,7 @@ class WorkerProcess:
         "dump_path",
         "failed",
         "fn_ids",
+        "given",
         "items",
         "life",
         "lifeline",
@@ -50,6 +51,7 @@ class WorkerProcess:
         "memory",
         "pid",
         "process",
+        "recycled",
         "send_lock",
         "slot",
         "sock",
@@ -70,6 +72,8 @@ class WorkerProcess:
         self.pid = 0
         self.main_ident = 0
         self.items = 0
+        self.given = 0  # items sent to it (max_tasks_per_worker counts these)
+        self.recycled = False  # recycled: a successor took its index
         self.failed = 0
         self.busy = 0.0
         self.waited = 0.0

@@ -1,0 +1,195 @@
+"""Worker recycling (issue 20, goal 2): `max_tasks_per_worker` and `max_worker_memory`
+replace a worker after the item that crossed the line, with its successor started
+before it leaves; no item is lost, failed or run twice; threads refuse both."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import time
+from collections import Counter
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+import steadypool as sp
+from steadypool._checks import check_size
+
+from .conftest import BACKENDS
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+WAIT = 60.0  # seconds for a whole job
+
+REMOTE = [
+    pytest.param(b, marks=[pytest.mark.ray] if b == "ray" else [], id=b)
+    for b in BACKENDS
+    if b in ("processes", "ray")
+]
+
+_LEAK: list[bytes] = []  # what `leak` keeps, per worker process
+
+
+def pid_of(x: int) -> tuple[int, int]:
+    time.sleep(0.005)
+    return x, os.getpid()
+
+
+def leak(x: int) -> tuple[int, int]:
+    """Keep 16 MiB more each item (touched, so resident)."""
+    _LEAK.append(b"x" * (16 << 20))
+    return x, os.getpid()
+
+
+def _created() -> float:
+    """When this process was created, in seconds since the epoch (Linux procfs)."""
+    with open("/proc/self/stat") as stat:
+        ticks = int(stat.read().rsplit(")", 1)[1].split()[19])
+    with open("/proc/stat") as machine:
+        boot = next(int(line.split()[1]) for line in machine if line.startswith("btime"))
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def created(_worker: sp.Worker) -> float:
+    return _created()
+
+
+def slow_item(x: int) -> tuple[int, int, float, float]:
+    """(item, pid, when this process was created, when the item finished)."""
+    time.sleep(0.6)
+    return x, os.getpid(), sp.current_worker().state, time.time()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", REMOTE, indirect=True)
+def test_max_tasks_per_worker_gives_each_worker_at_most_n_items(backend: str) -> None:
+    """Every item once, in order, none failed; no worker ran more than 3; each worker
+    that ran 3 was recycled (stats().recycled), none counted as replaced."""
+    with sp.Pool(2, backend=backend, max_tasks_per_worker=3) as pool:
+        out = list(pool.imap(pid_of, range(40)))
+        stats = pool.stats()
+    assert [x for x, _ in out] == list(range(40))
+    per_pid = Counter(pid for _, pid in out)
+    assert max(per_pid.values()) <= 3
+    assert stats.recycled == sum(1 for n in per_pid.values() if n == 3) >= 12
+    assert sum(w.recycled for w in stats.workers) == stats.recycled
+    assert stats.replaced == 0
+    assert (stats.done, stats.failed) == (40, 0)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", REMOTE, indirect=True)
+def test_max_worker_memory_recycles_a_leaking_worker(backend: str) -> None:
+    """A function that keeps 16 MiB per item: its worker is recycled once its resident
+    memory passes the line, and the job finishes with every item once, none failed."""
+    with sp.Pool(1, backend=backend, max_worker_memory="160MiB") as pool:
+        out = list(pool.imap(leak, range(30)))
+        stats = pool.stats()
+    assert [x for x, _ in out] == list(range(30))
+    assert stats.recycled >= 1
+    assert len({pid for _, pid in out}) >= 2
+    assert stats.replaced == 0
+    assert (stats.done, stats.failed) == (30, 0)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs Linux procfs")
+def test_the_successor_starts_before_the_recycled_worker_finishes() -> None:
+    """With max_tasks_per_worker=1 each worker process is created while its predecessor
+    still runs its one item (0.6 s): the successor is spawned when the last item is
+    given, not after the old worker left."""
+    with sp.Pool(
+        1, backend="processes", max_tasks_per_worker=1, setup=created, stall_timeout=None
+    ) as pool:
+        out = list(pool.imap(slow_item, range(4)))
+    assert [x for x, *_ in out] == list(range(4))
+    assert len({pid for _, pid, *_ in out}) == 4
+    for (_, _, _, finished), (_, _, born, _) in itertools.pairwise(out):
+        assert born < finished  # the next worker existed before this one's item ended
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", REMOTE, indirect=True)
+def test_submit_and_map_are_recycled_too(backend: str) -> None:
+    with sp.Pool(2, backend=backend, max_tasks_per_worker=2) as pool:
+        futures = [pool.submit(pid_of, i) for i in range(6)]
+        mapped = list(pool.map(pid_of, range(6, 12)))
+        results = [f.result(WAIT) for f in futures] + mapped
+    assert [x for x, _ in results] == list(range(12))
+    assert max(Counter(pid for _, pid in results).values()) <= 2
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("max_tasks_per_worker", 10), ("max_worker_memory", "4GiB")]
+)
+def test_threads_refuse_recycling_and_say_why(option: str, value: Any) -> None:
+    with pytest.raises(ValueError, match="threads share this process") as info:
+        sp.Pool(2, **{option: value})
+    assert "backend='processes' or 'ray'" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("4GiB", 4 << 30),
+        ("512 MiB", 512 << 20),
+        ("1.5GiB", 3 << 29),
+        ("2GB", 2 * 10**9),
+        ("100kb", 100_000),
+        ("1024", 1024),
+        (4096, 4096),
+    ],
+)
+def test_sizes_are_read_in_both_units(text: str | int, size: int) -> None:
+    assert check_size("max_worker_memory", text) == size
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        ("4 gigs", ValueError),
+        ("", ValueError),
+        (0, ValueError),
+        (-5, ValueError),
+        (True, TypeError),
+        (1.5, TypeError),
+        ("0MiB", ValueError),
+    ],
+)
+def test_a_bad_size_is_refused_with_the_forms_it_takes(value: object, error: type) -> None:
+    with pytest.raises(error, match="'4GiB'"):
+        sp.Pool(1, backend="processes", max_worker_memory=value)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("value", [0, -1, True, 2.5])
+def test_a_bad_task_count_is_refused(value: object) -> None:
+    with pytest.raises((TypeError, ValueError), match="max_tasks_per_worker"):
+        sp.Pool(1, backend="processes", max_tasks_per_worker=value)  # type: ignore[arg-type]
+
+
+def die_once(x: int, marker: str) -> tuple[int, int]:
+    """Item 3 kills its worker the first time it runs."""
+    if x == 3 and not os.path.exists(marker):
+        open(marker, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x, os.getpid()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", REMOTE, indirect=True)
+def test_a_recycled_worker_that_dies_on_its_last_item_loses_nothing(
+    backend: str, tmp_path: Path
+) -> None:
+    """Item 3 is the last item of a worker already recycled (max_tasks_per_worker=2);
+    it dies running it: the item is retried on the successor, nothing hangs or is lost."""
+    marker = str(tmp_path / "died")
+    with sp.Pool(1, backend=backend, max_tasks_per_worker=2, retries=1) as pool:
+        out = list(pool.imap(partial(die_once, marker=marker), range(8)))
+        stats = pool.stats()
+    assert os.path.exists(marker)
+    assert [x for x, _ in out] == list(range(8))
+    assert max(Counter(pid for _, pid in out).values()) <= 2
+    assert stats.failed == 0
