@@ -16,8 +16,11 @@ import pytest
 
 import steadypool as sp
 from steadypool._checks import check_size
+from steadypool.cam import CamInputError
+from steadypool.cam import run as run_cam
 
-from .conftest import BACKENDS
+from .conftest import BACKENDS, cam_config
+from .test_cam import assert_match_reference
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -193,3 +196,32 @@ def test_a_recycled_worker_that_dies_on_its_last_item_loses_nothing(
     assert [x for x, _ in out] == list(range(8))
     assert max(Counter(pid for _, pid in out).values()) <= 2
     assert stats.failed == 0
+
+
+# --- steadypool cam --max-worker-memory (issue 20, goal 4) ----------------------------------
+
+
+@pytest.mark.timeout(180)
+def test_cam_recycles_device_workers_past_max_worker_memory(
+    labels_file: Path, tmp_path: Path
+) -> None:
+    """A line below what a worker holds once its network is loaded recycles each device
+    worker after its image: the run still does every image, equal to the reference,
+    and the summary counts the recycled workers."""
+    out = tmp_path / "out"
+    summary = run_cam(
+        cam_config(labels_file, out, format="psa", backend="processes", max_worker_memory="1MiB")
+    )
+    assert (summary.failures, summary.done) == ([], 4)
+    assert summary.recycled >= 3
+    assert "recycled (--max-worker-memory): " in str(summary)
+    assert_match_reference("psa", out, labels_file)
+
+
+def test_cam_refuses_max_worker_memory_on_threads_and_bad_sizes(
+    labels_file: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(CamInputError, match="--backend processes or ray"):
+        cam_config(labels_file, tmp_path, max_worker_memory="4GiB")
+    with pytest.raises(CamInputError, match="--max-worker-memory must be"):
+        cam_config(labels_file, tmp_path, backend="processes", max_worker_memory="lots")

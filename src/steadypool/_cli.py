@@ -121,6 +121,7 @@ def _cam(args: argparse.Namespace) -> int:
         devices=tuple(d.strip() for d in args.devices.split(",") if d.strip()),
         backend=args.backend,
         address=args.address,
+        max_worker_memory=args.max_worker_memory,
         pred_dir=args.pred_dir,
         bg=args.bg,
         overlay_dir=args.overlay_dir,
@@ -327,6 +328,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     cam.add_argument(
         "--address", help="Ray cluster address, e.g. auto (--backend ray; default: local)"
+    )
+    cam.add_argument(
+        "--max-worker-memory",
+        metavar="SIZE",
+        help="recycle a device worker whose resident memory passes SIZE (e.g. 6GiB; "
+        "--backend processes or ray): a fresh one, loading the network again, takes its "
+        "place instead of the OOM killer ending it mid-run",
     )
     cam.add_argument(
         "--cpu-workers",

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import steadypool as sp
+from steadypool._checks import check_size
 
 from . import _cam
 from ._cam import merges_flip
@@ -107,6 +108,8 @@ class CamConfig:
     devices: tuple[str, ...] = ("cpu",)
     backend: str = "threads"
     address: str | None = None  # Ray cluster (backend "ray")
+    # Recycle a device worker past this resident memory (bytes or "4GiB"; processes, Ray)
+    max_worker_memory: int | str | None = None
     pred_dir: Path | None = None
     bg: float = 0.2
     overlay_dir: Path | None = None
@@ -156,6 +159,16 @@ class CamConfig:
             )
         if self.address is not None and self.backend != "ray":
             raise CamInputError("--address applies to --backend ray only")
+        if self.max_worker_memory is not None:
+            if self.backend == "threads":
+                raise CamInputError(
+                    "--max-worker-memory needs --backend processes or ray: device workers "
+                    "on threads share this process, whose memory a new thread does not free"
+                )
+            try:
+                check_size("--max-worker-memory", self.max_worker_memory)
+            except (TypeError, ValueError) as exc:
+                raise CamInputError(str(exc)) from None
         if self.cpu_workers is not None and (
             not isinstance(self.cpu_workers, int) or self.cpu_workers < 1
         ):
@@ -185,6 +198,7 @@ class CamSummary:
     backend: str = ""
     evaluation: EvalResult | None = None
     inputs: str = ""  # how the scaled images reached the device workers (_shared.INPUTS)
+    recycled: int = 0  # device workers recycled past --max-worker-memory
 
     @property
     def images_per_second(self) -> float:
@@ -201,6 +215,8 @@ class CamSummary:
         for worker, busy in self.device_busy.items():
             share = busy / self.seconds * 100 if self.seconds else 0.0
             lines.append(f"  {worker}: busy {busy:.2f}s ({share:.0f}% of the run)")
+        if self.recycled:
+            lines.append(f"  device workers recycled (--max-worker-memory): {self.recycled}")
         for name, reason in self.failures:
             lines.append(f"  FAILED {name}: {reason}")
         if self.evaluation is not None:
@@ -433,6 +449,7 @@ def run(config: CamConfig) -> CamSummary:
                     setup=_replica(config),
                     backend=config.backend,
                     address=config.address,
+                    max_worker_memory=config.max_worker_memory,
                     name="cam-dev",
                 )
             )
@@ -467,6 +484,7 @@ def run(config: CamConfig) -> CamSummary:
         stats = dev.stats()
     summary.seconds = time.perf_counter() - start
     bar.close()
+    summary.recycled = stats.recycled
     for worker in stats.workers:
         summary.device_busy[f"worker {worker.index} ({worker.device})"] = worker.busy_seconds
     if config.eval_gt is not None:
