@@ -126,9 +126,10 @@ class Pool(Executor):
             ``"auto"``); default: the instance this process is connected to, else
             ``RAY_ADDRESS``, else a local instance sized to the machine, which the last
             pool using it shuts down.
-        max_tasks_per_worker: Processes and Ray: recycle a worker once it has been
-            given this many items: a fresh worker (running `setup` again) is started as
-            it takes its last item, and takes its place when ready.  None: never.
+        max_tasks_per_worker: Processes and Ray: a worker runs at most this many
+            items.  A fresh worker (running `setup` again) is started while the old one
+            runs its last items (once they would take about as long as a start-up), and
+            takes its place when ready.  None: never.
         max_worker_memory: Processes and Ray: recycle a worker whose resident memory,
             measured after each item (each batch of short items), is above this many
             bytes (an int, or a size such as ``"4GiB"``, ``"512MB"``).  It is a

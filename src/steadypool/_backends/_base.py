@@ -169,14 +169,20 @@ class Backend(ABC):
     ) -> None: ...
 
     # Moving average of item durations, for backends that send items ahead in batches
-    # while items are short (processes, Ray); updated where outcomes arrive.
+    # while items are short (processes, Ray) and start a recycled worker's successor
+    # ahead of time; updated where outcomes arrive.  Until one has (`_timed` False) it
+    # is a cautious prior, which the first measured item replaces.
     _task_time: float = 1.0
+    _timed = False
 
     def _count_done(self, record: WorkerRecord, ok: bool, finished: float, took: float) -> None:
         """Account for an item a worker ran in `took` seconds, its outcome arriving at
         `finished` (stats, the moving average that sizes batches, the watchdog's
         progress clock)."""
-        self._task_time = 0.8 * self._task_time + 0.2 * took
+        if self._timed:
+            self._task_time = 0.8 * self._task_time + 0.2 * took
+        else:
+            self._task_time, self._timed = took, True
         record.busy += took
         record.items += 1
         if not ok:

@@ -53,11 +53,11 @@ _ALIVE = (WorkerState.STARTING, WorkerState.SETUP, *_RUNS_ITEMS)
 class Life:
     """The state of one worker and since when (``time.monotonic()``)."""
 
-    __slots__ = ("since", "state")
+    __slots__ = ("born", "since", "state")
 
     def __init__(self) -> None:
         self.state = WorkerState.STARTING
-        self.since = time.monotonic()
+        self.since = self.born = time.monotonic()
 
     def _to(self, state: WorkerState) -> None:
         self.state = state

@@ -21,9 +21,11 @@ Who owns what:
   snapshot of them under `_lock`.
 * Recycling (``max_tasks_per_worker``, ``max_worker_memory``): `_live[index]` is the
   newest child of an index; a recycled child moves to `_leaving` as its successor is
-  spawned into `_live`.  One that reached ``max_tasks`` is LEAVING at once (it was sent
-  its last item); one past ``max_memory`` is RETIRING and goes on taking items until
-  its successor is READY, then LEAVING.  A LEAVING child that holds nothing is sent
+  spawned into `_live`.  A child is RETIRING (its successor starting, it still takes
+  items) once its items left would take about a start-up (`_successor_due`) or its
+  memory passed 90% of ``max_memory``; it is LEAVING (it takes no more) once its
+  successor is READY, it was sent its ``max_tasks``-th item, or its memory passed
+  ``max_memory``.  A LEAVING child that holds nothing is sent
   STOP; its end is no crash, and only the death of `_live[index]` spawns a child.
 * Each child runs its items one at a time, in the order sent.  While items are long it
   holds one; while they are short, as many as take AHEAD_TIME to run (at most
@@ -405,6 +407,8 @@ class ProcessBackend(QueuedBackend):
                 child.send_tasks(batch)  # if it died, _reap releases the batch
                 if self._max_tasks is not None and child.given >= self._max_tasks:
                     self._recycle(child, leave=True)  # it was sent its last item
+                elif self._successor_due(child):
+                    self._recycle(child, leave=False)
             if not self._ledger.queued:
                 return
 
@@ -457,6 +461,7 @@ class ProcessBackend(QueuedBackend):
             child.pid, child.main_ident = tag[1], tag[2]
             with self._lock:
                 child.life.ready()
+                self._started(child.life)
                 self._start_failures.pop(child.worker.index, None)
                 self._setup_kills.pop(child.worker.index, None)
             self._succeeded(child)

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from .._stats import WorkerRecord, WorkerStats
     from .._worker import Worker
     from ._base import BackendOptions
+    from ._life import Life
 
 __all__ = ["QueuedBackend"]
 
@@ -51,6 +52,10 @@ class QueuedBackend(Backend):
     # the backend's `_lock`; see `_life` for RETIRING and LEAVING.
     _lock: Any
     _leaving: list[Any]
+    _max_tasks: int | None
+    # Seconds a fresh worker took from its start to READY (a moving average): when to
+    # start a successor for max_tasks_per_worker.  Written by whoever hears of READY.
+    _startup = 0.0
 
     def __init__(
         self,
@@ -84,6 +89,20 @@ class QueuedBackend(Backend):
     @abstractmethod
     def _leave_if_done(self, worker: Any) -> None:
         """Let a LEAVING worker that holds nothing more go (its end is no crash)."""
+
+    def _started(self, life: Life) -> None:
+        """A worker became READY: note how long its start took."""
+        took = time.monotonic() - life.born
+        self._startup = took if not self._startup else 0.5 * self._startup + 0.5 * took
+
+    def _successor_due(self, worker: Any) -> bool:
+        """max_tasks_per_worker: whether `worker`'s successor should start now, early
+        enough to be READY as `worker` runs out: once the items it has left will take
+        no longer than a fresh worker takes to start (1.5x, for margin)."""
+        if self._max_tasks is None or not self._timed:
+            return False
+        left: int = self._max_tasks - worker.given
+        return left * self._task_time <= 1.5 * self._startup
 
     def _succeeded(self, successor: Any) -> None:
         """`successor` is ready: the RETIRING workers of its index take no more items."""

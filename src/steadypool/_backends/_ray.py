@@ -131,6 +131,8 @@ class RayBackend(RayActors):
             slot.given += len(batch)
             if self._max_tasks is not None and slot.given >= self._max_tasks:
                 self._recycle(slot, leave=True)  # given its last items; it leaves after them
+            elif self._successor_due(slot):
+                self._recycle(slot, leave=False)
         items = []
         for run in batch:
             run.started = now

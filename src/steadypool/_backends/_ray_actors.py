@@ -17,9 +17,10 @@ guards `_slots`, `_leaving`, `_history`, `_start_deaths`, `_setup_kills` and eve
 slot's fields.
 
 Recycling: a recycled actor moves to `_leaving` as its successor is started into
-`_slots`.  One given its last items (``max_tasks_per_worker``) is LEAVING at once; one
-whose actor reported a resident memory past ``max_worker_memory`` after a batch is
-RETIRING and goes on taking items until its successor is ready.  A LEAVING actor whose
+`_slots`.  It is RETIRING (still taking items) once its items left would take about a
+start-up (`_successor_due`) or its memory passed 90% of ``max_worker_memory``; LEAVING
+(taking no more) once its successor is ready, it was given its last item, or its
+memory passed the line (the actor then stops its batch there).  A LEAVING actor whose
 batch is done is told to exit; its end is no crash and is followed by no start.
 """
 
@@ -103,6 +104,7 @@ class RayActors(QueuedBackend):
     _slots: dict[int, Slot]  # worker index -> its newest actor
     _leaving: list[Slot]  # recycled actors finishing their batch
     _max_memory: int | None
+    _max_tasks: int | None
     _start_deaths: dict[int, int]  # index -> actors that died starting, in a row
     _poke: threading.Event
 
@@ -222,6 +224,7 @@ class RayActors(QueuedBackend):
         with self._lock:
             slot.where = f"Ray actor pid {pid} on node {node[:12]}"
             slot.life.ready()
+            self._started(slot.life)
             self._start_deaths.pop(slot.worker.index, None)
             self._setup_kills.pop(slot.worker.index, None)
         self._succeeded(slot)
