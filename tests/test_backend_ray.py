@@ -309,3 +309,27 @@ def test_a_long_batch_is_drained_again_and_again(tmp_path: Path) -> None:
         safety.cancel()
         safety.join(WAIT)
     assert released_by == ["consumer"]
+
+
+def test_a_killed_actor_is_named_with_its_last_resident_memory(tmp_path: Path, gate: Gate) -> None:
+    """The WorkerCrashed of an actor killed mid-item gives its resident memory after its
+    last batch, and max_worker_memory as the way to recycle it before it is killed."""
+    started = Journal(tmp_path / "started")
+
+    def task(x: int) -> int:
+        started.record(x)
+        if x == 2:
+            hang(gate)
+        return x
+
+    with sp.Pool(1, backend="ray") as pool:
+        assert [pool.submit(task, x).result(WAIT) for x in range(2)] == [0, 1]
+        future = pool.submit(task, 2)
+        started.wait_for(3)
+        ray.kill(_actor(pool, 0), no_restart=True)
+        with pytest.raises(sp.WorkerCrashed) as info:
+            future.result(WAIT)
+    message = str(info.value)
+    assert "its resident memory was " in message
+    assert "MiB after its last batch, 2 items in" in message
+    assert "max_worker_memory" in message

@@ -54,11 +54,12 @@ def test_max_tasks_per_worker_gives_each_worker_at_most_n_items(backend: str) ->
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize("backend", REMOTE, indirect=True)
-def test_max_worker_memory_recycles_a_leaking_worker(backend: str) -> None:
+def test_max_worker_memory_recycles_a_leaking_worker(backend: str, workers: int) -> None:
     """A function that keeps 16 MiB per item: its worker is recycled once its resident
     memory passes the line, and the job finishes with every item once, none failed."""
-    with sp.Pool(1, backend=backend, max_worker_memory="160MiB") as pool:
+    with sp.Pool(workers, backend=backend, max_worker_memory="160MiB") as pool:
         out = list(pool.imap(leak, range(30)))
         stats = pool.stats()
     assert [x for x, _ in out] == list(range(30))
@@ -82,6 +83,19 @@ def test_the_successor_starts_before_the_recycled_worker_finishes() -> None:
     assert len({pid for _, pid, *_ in out}) == 4
     for (_, _, _, finished), (_, _, born, _) in itertools.pairwise(out):
         assert born < finished  # the next worker existed before this one's item ended
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", REMOTE, indirect=True)
+def test_both_lines_together_on_one_worker(backend: str) -> None:
+    """max_tasks_per_worker and max_worker_memory at once, one worker: whichever comes
+    first recycles it; every item once, in order, none failed, nothing left waiting."""
+    with sp.Pool(1, backend=backend, max_tasks_per_worker=4, max_worker_memory="160MiB") as pool:
+        out = list(pool.imap(leak, range(20)))
+        stats = pool.stats()
+    assert [x for x, _ in out] == list(range(20))
+    assert max(Counter(pid for _, pid in out).values()) <= 4
+    assert (stats.done, stats.failed, stats.replaced) == (20, 0, 0)
 
 
 @pytest.mark.timeout(60)

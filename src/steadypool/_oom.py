@@ -44,6 +44,7 @@ __all__ = [
     "crash_cause",
     "memory_line",
     "resident",
+    "size_text",
 ]
 
 SAMPLE_EVERY = 0.05  # seconds between two resident-memory samples of one worker
@@ -217,7 +218,7 @@ def memory_line(rss: int | None, limit: int | None) -> bool | None:
     return rss > limit
 
 
-def _size(count: int) -> str:
+def size_text(count: int) -> str:
     size = float(count)
     for unit in ("B", "KiB", "MiB", "GiB"):
         if size < 1024 or unit == "GiB":
@@ -244,7 +245,8 @@ def crash_cause(probe: MemoryProbe | None, exitcode: int | None) -> str:
     if exitcode != -signal.SIGKILL or probe is None:
         return likely_cause(exitcode)
     memory = (
-        f"its resident memory was {_size(probe.rss)} when last measured (after {probe.items} items)"
+        f"its resident memory was {size_text(probe.rss)} when last measured "
+        f"(after {probe.items} items)"
         if probe.rss is not None
         else "its resident memory was never measured"
     )

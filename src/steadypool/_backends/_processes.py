@@ -460,11 +460,13 @@ class ProcessBackend(QueuedBackend):
         elif tag[0] == wire.READY:
             child.pid, child.main_ident = tag[1], tag[2]
             with self._lock:
-                child.life.ready()
-                self._started(child.life)
-                self._start_failures.pop(child.worker.index, None)
-                self._setup_kills.pop(child.worker.index, None)
-            self._succeeded(child)
+                readied = child.life.ready()  # False: killed in setup meanwhile
+                if readied:
+                    self._started(child.life)
+                    self._start_failures.pop(child.worker.index, None)
+                    self._setup_kills.pop(child.worker.index, None)
+            if readied:
+                self._succeeded(child)
         elif tag[0] == wire.SETUP_FAILED:
             _ok, exc = wire.load_outcome(wire.ERR, frames[1:], f"pid {child.pid}")
             broken = BrokenPool(
@@ -505,10 +507,11 @@ class ProcessBackend(QueuedBackend):
     def _reap(self, child: WorkerProcess) -> None:
         """A child ended: settle or requeue what it held, and start a replacement."""
         child.process.join(_JOIN_SLICE)
+        with self._lock:
+            last = child.life.end()  # first: what it said last recycles nothing
         self._read_last_words(child)
         exitcode = child.process.exitcode
         with self._lock:
-            last = child.life.end()
             newest = child is self._live.get(child.worker.index)
             if newest:
                 del self._live[child.worker.index]

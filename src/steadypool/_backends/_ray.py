@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 import cloudpickle
 
 from .._exceptions import BrokenPool, WorkerCrashed
-from .._oom import memory_line
+from .._oom import memory_line, size_text
 from .._records import SETUP, Busy, setup_busy
 from .._stats import count_failure
 from .._worker import describe
@@ -165,10 +165,12 @@ class RayBackend(RayActors):
             return
         if len(batch) > 1:
             self._ledger.requeue(batch, solo=True)
+            self._requeued()
         else:
             error = RuntimeError(f"the item could not be sent to a Ray actor: {first_line(cause)}")
             self._ledger.settle(batch[0], False, error, None)
         self._dispatch(slot)
+        self._leave_if_done(slot)
 
     def _fn_ref(self, fn: Callable[..., Any]) -> Any:
         """The function in Ray's object store, put once while the function lives."""
@@ -184,21 +186,26 @@ class RayBackend(RayActors):
                 return  # claimed by the watchdog: its outcomes are delivered
             slot.batch, slot.current = [], None
         try:
-            outcomes, unrun, resident = future.result()
-        except Exception as exc:
-            # A call failed by ray.shutdown() is no crash of its actor: the pool breaks.
-            if not self._ray_gone():
-                self._crashed(slot, exc)
-            return
-        self._deliver(slot, outcomes)
-        del outcomes
-        if unrun:  # it stopped past max_worker_memory: the items it did not start go back
-            self._ledger.requeue([r for r in batch if r.task_id in set(unrun)], solo=False)
-        line = memory_line(resident, self._max_memory)
-        if line is not None:
-            self._recycle(slot, leave=line)
-        self._dispatch(slot)
-        self._leave_if_done(slot)
+            try:
+                outcomes, unrun, resident = future.result()
+            except Exception as exc:
+                # A call failed by ray.shutdown() is no crash of its actor: the pool breaks.
+                if not self._ray_gone():
+                    self._crashed(slot, exc)
+                return
+            self._deliver(slot, outcomes)
+            del outcomes
+            if resident is not None:
+                slot.rss = (resident, slot.items)  # for the message if it dies
+            line = memory_line(resident, self._max_memory)
+            if line is not None:
+                self._recycle(slot, leave=line)
+            if unrun:  # it stopped past max_worker_memory: what it did not start goes back
+                self._ledger.requeue([r for r in batch if r.task_id in set(unrun)], solo=False)
+                self._requeued()
+            self._dispatch(slot)
+        finally:
+            self._leave_if_done(slot)  # a recycled actor whose batch ended, however
 
     def _deliver(self, slot: Slot, outcomes: list[tuple[int, str, list[Any], float]]) -> None:
         """Settle the items an actor reported (those nobody settled yet)."""
@@ -285,6 +292,7 @@ class RayBackend(RayActors):
         if not held:
             if not actor_died:
                 self._dispatch(slot)
+                self._leave_if_done(slot)
             return
         if len(held) > 1:
             # Which item failed is not known: each goes again in a call of its own, so
@@ -298,7 +306,7 @@ class RayBackend(RayActors):
                 first_line(cause),
             )
             self._ledger.requeue(held, solo=True)
-            self._dispatch_idle()
+            self._requeued()
             return
         (run,) = held
         started = run.started
@@ -309,6 +317,7 @@ class RayBackend(RayActors):
             if self._ledger.settle(run, False, error, slot.worker):
                 count_failure(slot, started, time.monotonic())
             self._dispatch(slot)
+            self._leave_if_done(slot)
             return
         culprit = self._ledger.release(slot, run)
         position = run.position
@@ -316,16 +325,31 @@ class RayBackend(RayActors):
             f"{describe(slot.worker.index, slot.worker.device)} ({slot.where}) died while "
             f"running {'a submitted task' if position is None else f'item {position}'}: "
             f"{first_line(cause)}; likely cause: the actor was killed (ray.kill, the OOM "
-            "killer) or its node was lost. "
+            "killer) or its node was lost"
+            + (
+                ""
+                if slot.rss is None
+                else f" (its resident memory was {size_text(slot.rss[0])} after its last "
+                f"batch, {slot.rss[1]} items in; max_worker_memory recycles an actor that "
+                "grows before it is killed)"
+            )
+            + ". "
             + ("Retrying it; " if culprit is None else "The item failed; ")
             + "a fresh actor takes its place.",
             worker=slot.worker,
         )
         if culprit is None:
             logger.warning("steadypool: %s", crash)
-            self._dispatch_idle()
+            self._requeued()
         elif self._ledger.settle(culprit, False, crash, slot.worker):
             count_failure(slot, started, time.monotonic())
+
+    def _requeued(self) -> None:
+        """Items went back to the queue: an index left without an actor (its recycled
+        one had no successor) gets one, and idle actors take them."""
+        with self._lock:
+            self._staff()
+        self._dispatch_idle()
 
     def _dispatch_idle(self, *, first: bool = False) -> None:
         """Give idle actors their next batches (with `first`, only one: a submit)."""

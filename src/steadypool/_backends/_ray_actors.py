@@ -66,6 +66,7 @@ class Slot:
         "life",
         "next_drain",
         "recycled",
+        "rss",
         "waited",
         "where",
         "worker",
@@ -86,6 +87,7 @@ class Slot:
         self.items = self.failed = 0
         self.given = 0  # items sent to it (max_tasks_per_worker counts these)
         self.recycled = False  # recycled: a successor took its index
+        self.rss: tuple[int, int] | None = None  # (resident bytes, items) after a batch
         self.busy = self.waited = 0.0
 
     @property
@@ -105,6 +107,7 @@ class RayActors(QueuedBackend):
     _leaving: list[Slot]  # recycled actors finishing their batch
     _max_memory: int | None
     _max_tasks: int | None
+    _workers: list[Worker]
     _start_deaths: dict[int, int]  # index -> actors that died starting, in a row
     _poke: threading.Event
 
@@ -149,12 +152,21 @@ class RayActors(QueuedBackend):
 
     def _replace(self, slot: Slot) -> None:
         """`slot`'s actor ended (or is being killed): a fresh one takes its index if it
-        held it; a recycled one just goes, its successor holds the index, or none was
-        needed then and one is started now only if items wait (`_lock` held)."""
+        held it; a recycled one just goes (its successor holds the index, or none was
+        needed then: `_staff` starts one once items wait) (`_lock` held)."""
         if slot in self._leaving:
             self._leaving.remove(slot)
-        if self._current(slot) or (slot.worker.index not in self._slots and self._ledger.queued):
+        if self._current(slot):
             self._start(slot.worker)
+
+    def _staff(self) -> None:
+        """Start an actor for each index that has none (its recycled actor got no
+        successor: nothing was queued then) while items are queued (`_lock` held)."""
+        if not self._ledger.queued or self._ledger.broken is not None:
+            return
+        for worker in self._workers:
+            if worker.index not in self._slots:
+                self._start(worker)
 
     # --- recycling (max_tasks_per_worker, max_worker_memory) -----------------------------
 
@@ -223,7 +235,8 @@ class RayActors(QueuedBackend):
             return
         with self._lock:
             slot.where = f"Ray actor pid {pid} on node {node[:12]}"
-            slot.life.ready()
+            if not slot.life.ready():
+                return  # the watchdog gave up on this setup meanwhile (fail)
             self._started(slot.life)
             self._start_deaths.pop(slot.worker.index, None)
             self._setup_kills.pop(slot.worker.index, None)
@@ -249,10 +262,14 @@ class RayActors(QueuedBackend):
             slot.life.end()
             deaths = self._start_deaths[index] = self._start_deaths.get(index, 0) + 1
             closed = self._ledger.closed
-            again = deaths < _START_DEATHS and self._ledger.broken is None and not closed
+            wanted = not closed or bool(self._ledger.queued)
+            again = deaths < _START_DEATHS and self._ledger.broken is None and wanted
             again = again and self._ray_up()
             if again:
                 self._start(slot.worker)
+            elif self._current(slot):  # no actor for the index: nothing waits on this one
+                del self._slots[index]
+                self._idle.notify_all()
         if again:
             logger.warning(
                 "steadypool: the Ray actor of %s in pool %r died while starting (%s); "
@@ -262,7 +279,7 @@ class RayActors(QueuedBackend):
                 first_line(cause),
             )
             return
-        if closed or not self._ray_up():
+        if (closed and not wanted) or not self._ray_up():
             return  # shut down, or Ray was (the poller breaks the pool)
         broken = BrokenPool(
             f"the Ray actor of {describe(index, slot.worker.device)} in pool {self.name!r} "
