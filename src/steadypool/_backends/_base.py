@@ -169,20 +169,20 @@ class Backend(ABC):
     ) -> None: ...
 
     # Moving average of item durations, for backends that send items ahead in batches
-    # while items are short (processes, Ray) and start a recycled worker's successor
-    # ahead of time; updated where outcomes arrive.  Until one has (`_timed` False) it
-    # is a cautious prior, which the first measured item replaces.
+    # while items are short (processes, Ray); updated where outcomes arrive.  It starts
+    # from a cautious prior (one item at a time until items prove short).
     _task_time: float = 1.0
-    _timed = False
+    # The same average without the prior (None until an item is measured): when to
+    # start a recycled worker's successor, which a guess would start far too early.
+    _item_time: float | None = None
 
     def _count_done(self, record: WorkerRecord, ok: bool, finished: float, took: float) -> None:
         """Account for an item a worker ran in `took` seconds, its outcome arriving at
         `finished` (stats, the moving average that sizes batches, the watchdog's
         progress clock)."""
-        if self._timed:
-            self._task_time = 0.8 * self._task_time + 0.2 * took
-        else:
-            self._task_time, self._timed = took, True
+        self._task_time = 0.8 * self._task_time + 0.2 * took
+        last = self._item_time
+        self._item_time = took if last is None else 0.8 * last + 0.2 * took
         record.busy += took
         record.items += 1
         if not ok:

@@ -99,10 +99,10 @@ class QueuedBackend(Backend):
         """max_tasks_per_worker: whether `worker`'s successor should start now, early
         enough to be READY as `worker` runs out: once the items it has left will take
         no longer than a fresh worker takes to start (1.5x, for margin)."""
-        if self._max_tasks is None or not self._timed:
+        if self._max_tasks is None or self._item_time is None:
             return False
         left: int = self._max_tasks - worker.given
-        return left * self._task_time <= 1.5 * self._startup
+        return left * self._item_time <= 1.5 * self._startup
 
     def _succeeded(self, successor: Any) -> None:
         """`successor` is ready: the RETIRING workers of its index take no more items."""
