@@ -7,8 +7,6 @@ import os
 import signal
 import time
 
-import steadypool as sp
-
 _LEAK: list[bytes] = []  # what `leak` keeps, per worker process
 
 
@@ -23,23 +21,31 @@ def leak(x: int) -> tuple[int, int]:
     return x, os.getpid()
 
 
-def _created() -> float:
-    """When this process was created, in seconds since the epoch (Linux procfs)."""
-    with open("/proc/self/stat") as stat:
-        ticks = int(stat.read().rsplit(")", 1)[1].split()[19])
-    with open("/proc/stat") as machine:
-        boot = next(int(line.split()[1]) for line in machine if line.startswith("btime"))
-    return boot + ticks / os.sysconf("SC_CLK_TCK")
+def _stat(pid: str) -> tuple[int, int]:
+    """(parent pid, start time in clock ticks since boot) of a process (Linux procfs)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return int(fields[1]), int(fields[19])
 
 
-def created(_worker: sp.Worker) -> float:
-    return _created()
-
-
-def slow_item(x: int) -> tuple[int, int, float, float]:
-    """(item, pid, when this process was created, when the item finished)."""
-    time.sleep(0.6)
-    return x, os.getpid(), sp.current_worker().state, time.time()
+def waits_for_successor(x: int) -> tuple[int, int, bool]:
+    """(item, pid, whether a sibling worker process started after this one appeared
+    while this item ran).  Waits for it at most 30 s: the pool must have started this
+    worker's successor before this item ends, or the answer is False."""
+    parent, born = _stat("self")
+    deadline = time.monotonic() + 30.0
+    while time.monotonic() < deadline:
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit() or int(pid) == os.getpid():
+                continue
+            try:
+                their_parent, their_birth = _stat(pid)
+            except (OSError, IndexError, ValueError):
+                continue  # gone meanwhile, or not a process
+            if their_parent == parent and their_birth > born:
+                return x, os.getpid(), True
+        time.sleep(0.02)  # polling /proc: nothing to wait on for another's birth
+    return x, os.getpid(), False
 
 
 def die_once(x: int, marker: str) -> tuple[int, int]:

@@ -4,7 +4,6 @@ before it leaves; no item is lost, failed or run twice; threads refuse both."""
 
 from __future__ import annotations
 
-import itertools
 import os
 from collections import Counter
 from functools import partial
@@ -17,7 +16,7 @@ from steadypool._checks import check_size
 from steadypool.cam import CamInputError
 from steadypool.cam import run as run_cam
 
-from ._recycle_jobs import created, die_once, leak, pid_of, slow_item
+from ._recycle_jobs import die_once, leak, pid_of, waits_for_successor
 from .conftest import BACKENDS, cam_config
 from .test_cam import assert_match_reference
 
@@ -72,17 +71,14 @@ def test_max_worker_memory_recycles_a_leaking_worker(backend: str, workers: int)
 @pytest.mark.timeout(120)
 @pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs Linux procfs")
 def test_the_successor_starts_before_the_recycled_worker_finishes() -> None:
-    """With max_tasks_per_worker=1 each worker process is created while its predecessor
-    still runs its one item (0.6 s): the successor is spawned when the last item is
-    given, not after the old worker left."""
-    with sp.Pool(
-        1, backend="processes", max_tasks_per_worker=1, setup=created, stall_timeout=None
-    ) as pool:
-        out = list(pool.imap(slow_item, range(4)))
-    assert [x for x, *_ in out] == list(range(4))
-    assert len({pid for _, pid, *_ in out}) == 4
-    for (_, _, _, finished), (_, _, born, _) in itertools.pairwise(out):
-        assert born < finished  # the next worker existed before this one's item ended
+    """With max_tasks_per_worker=1 each worker's one item waits (bounded) until a newer
+    worker process of the pool exists: the successor is spawned while the old worker
+    still runs its last item, not after it left."""
+    with sp.Pool(1, backend="processes", max_tasks_per_worker=1, stall_timeout=None) as pool:
+        out = list(pool.imap(waits_for_successor, range(4)))
+    assert [x for x, _, _ in out] == list(range(4))
+    assert len({pid for _, pid, _ in out}) == 4
+    assert [saw for _, _, saw in out] == [True] * 4
 
 
 @pytest.mark.timeout(120)

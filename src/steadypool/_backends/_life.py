@@ -48,6 +48,7 @@ class WorkerState(enum.Enum):
 
 _RUNS_ITEMS = (WorkerState.READY, WorkerState.RETIRING, WorkerState.LEAVING)
 _ALIVE = (WorkerState.STARTING, WorkerState.SETUP, *_RUNS_ITEMS)
+_LIVED = (*_ALIVE, WorkerState.DOOMED)  # every state but GONE
 
 
 class Life:
@@ -59,52 +60,38 @@ class Life:
         self.state = WorkerState.STARTING
         self.since = self.born = time.monotonic()
 
-    def _to(self, state: WorkerState) -> None:
+    def _move(self, sources: tuple[WorkerState, ...], state: WorkerState) -> bool:
+        """Go to `state` if in one of `sources` (True), else change nothing (False)."""
+        if self.state not in sources:
+            return False
         self.state = state
         self.since = time.monotonic()
+        return True
 
     def setup_began(self) -> bool:
         """STARTING -> SETUP."""
-        if self.state is not WorkerState.STARTING:
-            return False
-        self._to(WorkerState.SETUP)
-        return True
+        return self._move((WorkerState.STARTING,), WorkerState.SETUP)
 
     def ready(self) -> bool:
         """STARTING or SETUP -> READY."""
-        if self.state not in (WorkerState.STARTING, WorkerState.SETUP):
-            return False
-        self._to(WorkerState.READY)
-        return True
+        return self._move((WorkerState.STARTING, WorkerState.SETUP), WorkerState.READY)
 
     def retire(self) -> bool:
         """READY -> RETIRING (its successor is being started)."""
-        if self.state is not WorkerState.READY:
-            return False
-        self._to(WorkerState.RETIRING)
-        return True
+        return self._move((WorkerState.READY,), WorkerState.RETIRING)
 
     def leave(self) -> bool:
         """READY or RETIRING -> LEAVING (it takes no more items)."""
-        if self.state not in (WorkerState.READY, WorkerState.RETIRING):
-            return False
-        self._to(WorkerState.LEAVING)
-        return True
+        return self._move((WorkerState.READY, WorkerState.RETIRING), WorkerState.LEAVING)
 
     def doom(self) -> bool:
         """Any living state -> DOOMED (the caller kills it)."""
-        if self.state not in _ALIVE:
-            return False
-        self._to(WorkerState.DOOMED)
-        return True
+        return self._move(_ALIVE, WorkerState.DOOMED)
 
     def end(self) -> WorkerState | None:
         """-> GONE; returns the state it ended in (None if it had ended already)."""
-        if self.state is WorkerState.GONE:
-            return None
         last = self.state
-        self._to(WorkerState.GONE)
-        return last
+        return last if self._move(_LIVED, WorkerState.GONE) else None
 
     @property
     def in_setup(self) -> bool:

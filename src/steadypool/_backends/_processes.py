@@ -423,14 +423,14 @@ class ProcessBackend(QueuedBackend):
             if not (child.life.leave() if leave else child.life.retire()):
                 return  # not READY (nor RETIRING, to leave): killed, ended, recycled
             child.recycled = True
-            if newest:
+            if newest:  # else its successor was spawned when it began to retire
                 del self._live[child.worker.index]
                 self._leaving.append(child)
-        if newest and self._wanted():
+                if not self._wanted():  # nothing more to take: it leaves, alone
+                    child.life.leave()
+                    newest = False
+        if newest:
             self._spawn(child.worker)
-        else:  # nothing more to take: no successor, and this child leaves now
-            with self._lock:
-                child.life.leave()
         self._leave_if_done(child)
 
     def _leave_if_done(self, child: WorkerProcess) -> None:
@@ -439,12 +439,8 @@ class ProcessBackend(QueuedBackend):
             child.send([pickle.dumps((wire.STOP,))])  # if it died, _reap hears of it
 
     def _wanted(self) -> bool:
-        """Whether an index left without a child should get one: items may still come
-        (open pool), or wait (some went back to the queue with a child that ended)."""
-        ledger = self._ledger
-        if self._halted or ledger.broken is not None:
-            return False
-        return not (ledger.closed and not ledger.queued)
+        """Whether an index left without a child should get one (not once halted)."""
+        return not self._halted and self._more_work()
 
     def _receive(self, child: WorkerProcess, timeout: float | None = None) -> None:
         frames = child.receive(timeout)

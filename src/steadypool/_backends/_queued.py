@@ -90,6 +90,12 @@ class QueuedBackend(Backend):
     def _leave_if_done(self, worker: Any) -> None:
         """Let a LEAVING worker that holds nothing more go (its end is no crash)."""
 
+    def _more_work(self) -> bool:
+        """Whether items may still come (the pool is open) or wait in the queue, in a
+        pool not broken: then a worker that leaves needs a successor."""
+        ledger = self._ledger
+        return ledger.broken is None and not (ledger.closed and not ledger.queued)
+
     def _started(self, life: Life) -> None:
         """A worker became READY: note how long its start took."""
         took = time.monotonic() - life.born

@@ -396,17 +396,11 @@ class RayBackend(RayActors):
         """Stop now: kill every actor; what they ran fails, nothing more starts."""
         self._ledger.close()
         self._ledger.cancel(0)
-        stopped = WorkerCrashed(f"the pool {self.name!r} was stopped while the item was running")
-        with self._lock:
-            slots = self._all()
-            for slot in slots:
-                slot.life.doom()
-                slot.batch = []
-            self._idle.notify_all()
-        for slot in slots:
-            self._ledger.fail_held(slot, lambda _run: stopped)
-            self._kill(slot.actor)
-        self._break(BrokenPool(f"the pool {self.name!r} was stopped"))
+        self._give_up(
+            WorkerCrashed(f"the pool {self.name!r} was stopped while the item was running"),
+            BrokenPool(f"the pool {self.name!r} was stopped"),
+            kill=True,
+        )
 
     def _stop(self) -> None:
         """Wait until nothing runs or is queued, then kill the actors (once)."""

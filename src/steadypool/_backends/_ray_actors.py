@@ -182,8 +182,7 @@ class RayActors(QueuedBackend):
             if not newest:
                 return
             self._leaving.append(slot)
-            ledger = self._ledger
-            if ledger.broken is None and not (ledger.closed and not ledger.queued):
+            if self._more_work():
                 self._start(slot.worker)  # takes the index: `slot` is not current now
             else:  # nothing more to take: no successor, and `slot` leaves now
                 del self._slots[slot.worker.index]
@@ -261,10 +260,8 @@ class RayActors(QueuedBackend):
         with self._lock:
             slot.life.end()
             deaths = self._start_deaths[index] = self._start_deaths.get(index, 0) + 1
-            closed = self._ledger.closed
-            wanted = not closed or bool(self._ledger.queued)
-            again = deaths < _START_DEATHS and self._ledger.broken is None and wanted
-            again = again and self._ray_up()
+            wanted = self._more_work()
+            again = deaths < _START_DEATHS and wanted and self._ray_up()
             if again:
                 self._start(slot.worker)
             elif self._current(slot):  # no actor for the index: nothing waits on this one
@@ -279,8 +276,8 @@ class RayActors(QueuedBackend):
                 first_line(cause),
             )
             return
-        if (closed and not wanted) or not self._ray_up():
-            return  # shut down, or Ray was (the poller breaks the pool)
+        if not wanted or not self._ray_up():
+            return  # shut down or broken, or Ray was (the poller breaks the pool)
         broken = BrokenPool(
             f"the Ray actor of {describe(index, slot.worker.device)} in pool {self.name!r} "
             f"died {deaths} times in a row while starting, last with {first_line(cause)}; "
@@ -321,16 +318,26 @@ class RayActors(QueuedBackend):
             f"Ray was shut down (ray.shutdown()) while pool {self.name!r} was open; its "
             "actors are gone and the pool cannot run tasks. Shut the pool down before Ray."
         )
+        self._give_up(broken, broken, kill=False)  # its actors are gone with it
+        return True
+
+    def _give_up(self, error: BaseException, broken: BrokenPool, *, kill: bool) -> None:
+        """Every actor is done for (halted, or Ray is gone): it takes nothing more, what
+        it held fails with `error`, it is killed if `kill`; the pool breaks with `broken`."""
         with self._lock:
             slots = self._all()
             for slot in slots:
-                slot.life.end()
+                if kill:
+                    slot.life.doom()
+                else:
+                    slot.life.end()
                 slot.batch = []
             self._idle.notify_all()
         for slot in slots:
-            self._ledger.fail_held(slot, lambda _run: broken)
+            self._ledger.fail_held(slot, lambda _run: error)
+            if kill:
+                self._kill(slot.actor)
         self._break(broken)
-        return True
 
     def _break(self, broken: BrokenPool) -> None:
         self._ledger.break_pool(broken)
